@@ -1,0 +1,13 @@
+"""Test-wide settings: offline hub, few threads, deterministic seeds."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+torch.set_num_threads(2)
+settings.register_profile("ppolab", deadline=None, max_examples=60, derandomize=True)
+settings.load_profile("ppolab")
