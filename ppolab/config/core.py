@@ -1,0 +1,196 @@
+"""The three settings objects of a PPO run: what model, how to sample, how to optimise."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..io import write_json  # a leaf helper with no other imports of ours
+
+
+class ConfigError(ValueError):
+    """A setting is out of range or unknown; the message names the field."""
+
+
+def _check(cond: bool, cls: str, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{cls}.{name}: {msg}")
+
+
+@dataclass
+class ModelConfig:
+    """Which models play policy, reference, value and reward.
+
+    `policy_path=None` builds a tiny model locally from `arch`/`n_layers`/`hidden_size`
+    (no download); a path loads a real checkpoint with `from_pretrained(path)`.
+    """
+
+    policy_path: str | None = None  # None: tiny model built offline from the fields below
+    reward_path: str | None = None  # None: the caller supplies a reward (model or callable)
+    arch: str = "gemma2"  # tiny-model architecture: "gemma2" or "llama"
+    n_layers: int = 2
+    hidden_size: int = 64
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 512
+    vocab_size: int = 512  # tiny tokenizer size (byte-level BPE trained in memory)
+    lora: bool = False  # LoRA policy; the reference is then the base with the adapter off
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0  # dropout stays off in PPO (Huang et al. 2024)
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    value_init: str = "policy"  # "policy": trunk copied from the policy; "reward": from the reward model
+    value_head_hidden: int = 0  # 0: linear head; >0: MLP head of this width
+    dtype: str = "float32"  # "float32", "bfloat16" or "float16"
+    load_in_4bit: bool = False  # bitsandbytes (extra "quant")
+    load_in_8bit: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    def validate(self) -> "ModelConfig":
+        c = "ModelConfig"
+        _check(self.arch in ("gemma2", "llama"), c, "arch", f"must be 'gemma2' or 'llama', got {self.arch!r}")
+        for name in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size"):
+            _check(getattr(self, name) >= 1, c, name, f"must be >= 1, got {getattr(self, name)}")
+        _check(self.hidden_size % self.n_heads == 0, c, "hidden_size", "must be divisible by n_heads")
+        _check(self.n_heads % self.n_kv_heads == 0, c, "n_kv_heads", "must divide n_heads")
+        _check(self.lora_r >= 1, c, "lora_r", f"must be >= 1, got {self.lora_r}")
+        _check(0.0 <= self.lora_dropout < 1.0, c, "lora_dropout", "must be in [0, 1)")
+        _check(self.value_init in ("policy", "reward"), c, "value_init", "must be 'policy' or 'reward'")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), c, "dtype", f"unknown dtype {self.dtype!r}")
+        _check(not (self.load_in_4bit and self.load_in_8bit), c, "load_in_4bit", "4-bit and 8-bit are exclusive")
+        return self
+
+
+@dataclass
+class GenerationConfig:
+    """How rollouts are sampled. Log-probs are recomputed with the same temperature."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    max_prompt_length: int = 256  # longer prompts are an error, not silently truncated
+    stop_at_eos: bool = True  # False samples exactly max_new_tokens (benchmarks)
+
+    def validate(self) -> "GenerationConfig":
+        c = "GenerationConfig"
+        _check(self.max_new_tokens >= 1, c, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _check(self.temperature > 0, c, "temperature", f"must be > 0, got {self.temperature}")
+        _check(self.top_k >= 0, c, "top_k", f"must be >= 0, got {self.top_k}")
+        _check(0.0 < self.top_p <= 1.0, c, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.max_prompt_length >= 1, c, "max_prompt_length", "must be >= 1")
+        return self
+
+
+@dataclass
+class PPOConfig:
+    """The optimisation settings of one `PPOTrainer.ppo_step`.
+
+    Defaults follow Huang et al. (2024) "The N+ Implementation Details of RLHF with PPO".
+    """
+
+    batch_size: int = 16  # rollouts per ppo_step
+    minibatch_size: int = 4  # rollouts per optimizer step
+    micro_batch_size: int = 0  # rollouts per forward/backward; 0 = minibatch_size (no accumulation)
+    ppo_epochs: int = 2
+    lr: float = 1e-5
+    value_lr: float = 0.0  # 0 = same as lr
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-5  # CleanRL's choice; PyTorch's 1e-8 is less stable for PPO
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    clip_eps: float = 0.2
+    value_clip_eps: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"
+    adaptive_kl: bool = False
+    kl_target: float = 6.0  # per-sequence KL target of the adaptive controller
+    kl_horizon: int = 10000
+    whiten_rewards: bool = False
+    whiten_advantages: bool = True
+    missing_eos_penalty: float | None = None  # subtracted from the score when no EOS was generated
+    seed: int = 0
+
+    def validate(self) -> "PPOConfig":
+        c = "PPOConfig"
+        _check(self.batch_size >= 1, c, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.minibatch_size >= 1, c, "minibatch_size", f"must be >= 1, got {self.minibatch_size}")
+        _check(
+            self.batch_size % self.minibatch_size == 0, c, "batch_size",
+            f"{self.batch_size} is not divisible by minibatch_size {self.minibatch_size}",
+        )
+        micro = self.micro_batch_size or self.minibatch_size
+        _check(micro >= 1, c, "micro_batch_size", "must be >= 0")
+        _check(
+            self.minibatch_size % micro == 0, c, "minibatch_size",
+            f"{self.minibatch_size} is not divisible by micro_batch_size {micro}",
+        )
+        _check(self.ppo_epochs >= 1, c, "ppo_epochs", "must be >= 1")
+        _check(self.lr > 0, c, "lr", f"must be > 0, got {self.lr}")
+        _check(self.value_lr >= 0, c, "value_lr", "must be >= 0")
+        _check(self.clip_eps > 0, c, "clip_eps", f"must be > 0, got {self.clip_eps}")
+        _check(self.value_clip_eps > 0, c, "value_clip_eps", f"must be > 0, got {self.value_clip_eps}")
+        _check(0.0 <= self.gamma <= 1.0, c, "gamma", f"must be in [0, 1], got {self.gamma}")
+        _check(0.0 <= self.lam <= 1.0, c, "lam", f"must be in [0, 1], got {self.lam}")
+        _check(self.kl_coef >= 0, c, "kl_coef", "must be >= 0")
+        _check(self.kl_estimator in ("k1", "k2", "k3"), c, "kl_estimator", "must be k1, k2 or k3")
+        _check(self.kl_target > 0, c, "kl_target", "must be > 0")
+        _check(self.kl_horizon >= 1, c, "kl_horizon", "must be >= 1")
+        _check(self.max_grad_norm >= 0, c, "max_grad_norm", "must be >= 0")
+        _check(self.vf_coef >= 0, c, "vf_coef", "must be >= 0")
+        return self
+
+    @property
+    def effective_micro_batch_size(self) -> int:
+        return self.micro_batch_size or self.minibatch_size
+
+    @property
+    def effective_value_lr(self) -> float:
+        return self.value_lr or self.lr
+
+
+T = TypeVar("T")
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A plain, JSON-safe dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(cls: type[T], data: dict) -> T:
+    """Build and validate `cls` from a dict; unknown keys are an error naming them."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        # JSON has no tuples; restore them where the default is one
+        default = names[k].default
+        kwargs[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
+    obj = cls(**kwargs)
+    return obj.validate()
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write a config (or any JSON-safe object) atomically."""
+    write_json(path, config_to_dict(obj) if dataclasses.is_dataclass(obj) else obj)
+
+
+def load_json(path: str | os.PathLike, cls: type[T] | None = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    return config_from_dict(cls, data) if cls is not None else data

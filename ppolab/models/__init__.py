@@ -1,0 +1,23 @@
+"""Policy (optionally LoRA), frozen reference, value and reward models; tiny offline builders."""
+from .builders import (
+    Reference,
+    base_trunk,
+    build_policy,
+    build_tiny_causal_lm,
+    disable_dropout,
+    freeze,
+    is_peft,
+    load_causal_lm,
+    load_tokenizer,
+    position_ids_from_mask,
+    tiny_lm_config,
+    wrap_lora,
+)
+from .scalar import RewardModel, ScalarHead, ScalarModel, ValueModel
+from .tokenizer import build_tokenizer
+
+__all__ = [
+    "Reference", "RewardModel", "ScalarHead", "ScalarModel", "ValueModel", "base_trunk", "build_policy",
+    "build_tiny_causal_lm", "build_tokenizer", "disable_dropout", "freeze", "is_peft", "load_causal_lm",
+    "load_tokenizer", "position_ids_from_mask", "tiny_lm_config", "wrap_lora",
+]

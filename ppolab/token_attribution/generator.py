@@ -1,0 +1,136 @@
+"""SequenceGenerator: sample responses with the KV cache, then score every token in one forward per model."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import GenerationConfig
+from ..models.builders import position_ids_from_mask
+from .rollout import Rollout
+
+
+def response_mask(response_ids: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, T]` mask, 1 up to and including the first EOS, and has_eos `[B]`."""
+    B, T = response_ids.shape
+    if eos_token_id is None:
+        return torch.ones(B, T, dtype=torch.long, device=response_ids.device), torch.zeros(B, dtype=torch.bool)
+    is_eos = response_ids == eos_token_id
+    # Tokens strictly after the first EOS: the running count of EOS seen before this position is > 0.
+    eos_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    return (~eos_before).long(), is_eos.any(-1)
+
+
+def response_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_response: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+):
+    """Log-probs `[B, T]` of the last `n_response` tokens of `input_ids` `[B, P + T]`, in one forward.
+
+    Logits are divided by the sampling temperature first, so these are the log-probs of the
+    distribution the tokens were drawn from (before top-k/top-p truncation, as in TRL).
+    With `with_entropy`, also returns the per-token entropy `[B, T]` of that distribution.
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+        logits_to_keep=n_response + 1,  # the LM head runs on response positions only
+    )
+    logits = out.logits[:, :-1].float() / temperature  # position t-1 predicts token t
+    logp_all = F.log_softmax(logits, dim=-1)
+    targets = input_ids[:, -n_response:]
+    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return logprobs
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
+
+
+class SequenceGenerator:
+    """Turns prompts into a `Rollout`.
+
+    Prompts are left-padded (position ids start at each row's first real token); sampling uses
+    the KV cache and stops at EOS; everything after EOS becomes padding; then the policy,
+    reference and value model each score the whole batch in one forward pass.
+    """
+
+    def __init__(self, policy, tokenizer, config: GenerationConfig, reference=None, value_model=None):
+        self.policy, self.tokenizer, self.config = policy, tokenizer, config.validate()
+        self.reference, self.value_model = reference, value_model
+        if tokenizer.pad_token_id is None:
+            raise ValueError("SequenceGenerator: the tokenizer has no pad token")
+        if tokenizer.padding_side != "left":
+            tokenizer.padding_side = "left"  # generation appends on the right
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded `[B, P]` ids and mask; empty or over-long prompts are errors, not truncations."""
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("prompts: expected a non-empty list of strings")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"prompts[{i}]: empty prompt")
+        enc = self.tokenizer(list(prompts), add_special_tokens=False)
+        for i, ids in enumerate(enc["input_ids"]):
+            if len(ids) > self.config.max_prompt_length:
+                raise ValueError(
+                    f"prompts[{i}]: {len(ids)} tokens exceeds GenerationConfig.max_prompt_length="
+                    f"{self.config.max_prompt_length}"
+                )
+        padded = self.tokenizer.pad(enc, return_tensors="pt", padding=True)
+        device = next(self.policy.parameters()).device
+        return padded["input_ids"].to(device), padded["attention_mask"].to(device)
+
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """`[B, T]` sampled response ids (HF generate with the KV cache)."""
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        c = self.config
+        eos = self.tokenizer.eos_token_id if c.stop_at_eos else None
+        hf_cfg = HFGenerationConfig(
+            do_sample=True, temperature=c.temperature, top_k=c.top_k or None, top_p=c.top_p,
+            max_new_tokens=c.max_new_tokens, min_new_tokens=0 if c.stop_at_eos else c.max_new_tokens,
+            eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+        )
+        out = self.policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=hf_cfg)
+        return out[:, prompt_ids.shape[1]:]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str]) -> Rollout:
+        prompt_ids, prompt_mask = self.encode_prompts(prompts)
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            response = self.sample(prompt_ids, prompt_mask)
+            return self.score(list(prompts), prompt_ids, prompt_mask, response)
+        finally:
+            self.policy.train(was_training)
+
+    @torch.no_grad()
+    def score(self, prompts, prompt_ids, prompt_mask, response) -> Rollout:
+        """Build the Rollout of given responses: mask after EOS, then one forward per model."""
+        eos = self.tokenizer.eos_token_id if self.config.stop_at_eos else None
+        mask, has_eos = response_mask(response, eos)
+        T = max(int(mask.sum(-1).max()), 1)  # drop columns that are padding in every row
+        response = response[:, :T].masked_fill(mask[:, :T] == 0, self.tokenizer.pad_token_id)
+        mask = mask[:, :T]
+        input_ids = torch.cat([prompt_ids, response], 1)
+        attention_mask = torch.cat([prompt_mask, mask.to(prompt_mask.dtype)], 1)
+        temp = self.config.temperature
+        logprobs = response_logprobs(self.policy, input_ids, attention_mask, T, temp)
+        ref = self.reference if self.reference is not None else self.policy
+        ref_logprobs = response_logprobs(ref, input_ids, attention_mask, T, temp)
+        if self.value_model is not None:
+            values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1]  # V(s_t) sits before a_t
+        else:
+            values = torch.zeros_like(logprobs)
+        texts = self.tokenizer.batch_decode(response.masked_fill(response == self.tokenizer.eos_token_id,
+                                                                 self.tokenizer.pad_token_id),
+                                            skip_special_tokens=True)
+        return Rollout(prompts, prompt_ids, prompt_mask, response, mask, logprobs, ref_logprobs,
+                       values.float(), has_eos.to(response.device), texts)
