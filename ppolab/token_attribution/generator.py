@@ -1,6 +1,9 @@
 """SequenceGenerator: sample responses with the KV cache, then score every token in one forward per model."""
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,6 +55,18 @@ def response_logprobs(
     return logprobs, entropy
 
 
+@contextmanager
+def timed(timings: dict, name: str):
+    """Add the wall time of the block to timings[name] (syncing CUDA so the time is real)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    yield
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+
 class SequenceGenerator:
     """Turns prompts into a `Rollout`.
 
@@ -63,6 +78,7 @@ class SequenceGenerator:
     def __init__(self, policy, tokenizer, config: GenerationConfig, reference=None, value_model=None):
         self.policy, self.tokenizer, self.config = policy, tokenizer, config.validate()
         self.reference, self.value_model = reference, value_model
+        self.timings: dict[str, float] = {}  # seconds per phase of the last generate()
         if tokenizer.pad_token_id is None:
             raise ValueError("SequenceGenerator: the tokenizer has no pad token")
         if tokenizer.padding_side != "left":
@@ -102,11 +118,13 @@ class SequenceGenerator:
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> Rollout:
+        self.timings = {}
         prompt_ids, prompt_mask = self.encode_prompts(prompts)
         was_training = self.policy.training
         self.policy.eval()
         try:
-            response = self.sample(prompt_ids, prompt_mask)
+            with timed(self.timings, "generate"):
+                response = self.sample(prompt_ids, prompt_mask)
             return self.score(list(prompts), prompt_ids, prompt_mask, response)
         finally:
             self.policy.train(was_training)
@@ -122,13 +140,16 @@ class SequenceGenerator:
         input_ids = torch.cat([prompt_ids, response], 1)
         attention_mask = torch.cat([prompt_mask, mask.to(prompt_mask.dtype)], 1)
         temp = self.config.temperature
-        logprobs = response_logprobs(self.policy, input_ids, attention_mask, T, temp)
+        with timed(self.timings, "policy_forward"):
+            logprobs = response_logprobs(self.policy, input_ids, attention_mask, T, temp)
         ref = self.reference if self.reference is not None else self.policy
-        ref_logprobs = response_logprobs(ref, input_ids, attention_mask, T, temp)
-        if self.value_model is not None:
-            values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1]  # V(s_t) sits before a_t
-        else:
-            values = torch.zeros_like(logprobs)
+        with timed(self.timings, "ref_forward"):
+            ref_logprobs = response_logprobs(ref, input_ids, attention_mask, T, temp)
+        with timed(self.timings, "value_forward"):
+            if self.value_model is not None:
+                values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1]  # V(s_t) sits before a_t
+            else:
+                values = torch.zeros_like(logprobs)
         texts = self.tokenizer.batch_decode(response.masked_fill(response == self.tokenizer.eos_token_id,
                                                                  self.tokenizer.pad_token_id),
                                             skip_special_tokens=True)

@@ -1,0 +1,185 @@
+"""PPOTrainer.ppo_step: one PPO update of a language model, composed from ppolab's pure pieces.
+
+    prompts ─SequenceGenerator→ Rollout ─reward→ scores[B] ─per_token_kl, kl_penalized_rewards→ rewards[B,T]
+            ─gae (+ masked_whiten)→ advantages, returns ─ExperienceBuffer→ minibatches × epochs
+            ─clipped_policy_loss + clipped_value_loss→ optimizer steps → stats
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..advantage import gae, masked_mean, masked_whiten
+from ..config import GenerationConfig, PPOConfig
+from ..experience_buffer import ExperienceBuffer
+from ..models.builders import position_ids_from_mask
+from ..reward_kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards, per_token_kl
+from ..token_attribution import Rollout, SequenceGenerator, response_logprobs
+from ..token_attribution.generator import timed
+from .losses import clipped_policy_loss, clipped_value_loss
+
+RewardFn = Callable[[list[str], list[str]], "torch.Tensor | list[float]"]
+
+
+class PPOTrainer:
+    """Owns the optimizers and the KL controller; `ppo_step(prompts)` does one full PPO update.
+
+    `reward` is a `RewardModel` (scored on the rollout's token ids when it shares the policy's
+    tokenizer, else on texts), a Hugging Face sequence-classification model (same tokenizer), or
+    any callable `(prompts, responses) -> scores [B]` such as a translation metric.
+    """
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        policy: nn.Module,
+        ref: nn.Module | None,
+        value: nn.Module,
+        reward: nn.Module | RewardFn,
+        tokenizer,
+        generation: GenerationConfig | None = None,
+    ):
+        self.config = config.validate()
+        self.generation = (generation or GenerationConfig()).validate()
+        self.policy, self.ref, self.value, self.reward, self.tokenizer = policy, ref, value, reward, tokenizer
+        self.generator = SequenceGenerator(policy, tokenizer, self.generation, ref, value)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("policy: no trainable parameters")
+        c = self.config
+        self.policy_optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        self.value_optimizer = torch.optim.AdamW(
+            value.parameters(), lr=c.effective_value_lr, eps=c.adam_eps, weight_decay=c.weight_decay
+        )
+        self.kl_controller = (
+            AdaptiveKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else FixedKLController(c.kl_coef)
+        )
+        self.steps_done = 0
+        torch.manual_seed(c.seed)
+
+    # -- scoring -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, rollout: Rollout) -> torch.Tensor:
+        """`[B]` float scores of the rollout's responses; non-finite scores are an error."""
+        r = self.reward
+        reward_tok = getattr(r, "tokenizer", None)
+        if hasattr(r, "score_ids") and (reward_tok is None or reward_tok is self.tokenizer):
+            scores = r.score_ids(rollout.input_ids, rollout.attention_mask)
+        elif isinstance(r, nn.Module) and not hasattr(r, "score_ids"):
+            mask = rollout.attention_mask
+            out = r(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+            scores = getattr(out, "logits", out).reshape(len(rollout), -1)[:, 0]
+        elif hasattr(r, "score"):
+            scores = r.score(rollout.prompts, rollout.response_texts)
+        else:
+            scores = r(rollout.prompts, rollout.response_texts)
+        scores = torch.as_tensor(scores, dtype=torch.float32, device=rollout.mask.device).reshape(-1)
+        if scores.shape[0] != len(rollout):
+            raise ValueError(f"reward: returned {scores.shape[0]} scores for {len(rollout)} responses")
+        bad = (~torch.isfinite(scores)).nonzero()
+        if len(bad):
+            raise ValueError(f"reward: non-finite score {scores[bad[0, 0]].item()} for response {bad[0, 0].item()}")
+        return scores
+
+    # -- one PPO step --------------------------------------------------------------------------
+    def ppo_step(self, prompts: list[str]) -> dict:
+        c = self.config
+        if len(prompts) != c.batch_size:
+            raise ValueError(f"prompts: got {len(prompts)}, PPOConfig.batch_size is {c.batch_size}")
+        timings: dict[str, float] = {}
+        rollout = self.generator.generate(prompts)
+        timings.update(self.generator.timings)
+        mask = rollout.mask
+        with timed(timings, "reward_forward"):
+            scores = self.score(rollout)
+
+        with timed(timings, "advantage"), torch.no_grad():
+            kl = per_token_kl(rollout.logprobs, rollout.ref_logprobs, mask, c.kl_estimator)
+            kl_coef = self.kl_controller.value
+            rewards = kl_penalized_rewards(
+                scores, kl, mask, kl_coef,
+                missing_eos_penalty=c.missing_eos_penalty, has_eos=rollout.has_eos,
+            )
+            if c.whiten_rewards:
+                rewards = masked_whiten(rewards, mask, shift_mean=False)
+            advantages, returns = gae(rewards, rollout.values, mask, c.gamma, c.lam)
+            if c.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+
+        buffer = ExperienceBuffer()
+        buffer.add(
+            input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, mask=mask,
+            logprobs=rollout.logprobs, values=rollout.values, advantages=advantages, returns=returns,
+        )
+        with timed(timings, "update"):
+            train_stats = self._update(buffer, n_response=mask.shape[1])
+
+        k1 = per_token_kl(rollout.logprobs, rollout.ref_logprobs, mask, "k1")
+        kl_per_sequence = float(k1.sum(-1).mean())
+        self.kl_controller.update(kl_per_sequence, c.batch_size)
+        self.steps_done += 1
+        n_tokens = float(mask.sum())
+        return {
+            "step": self.steps_done,
+            "generated_texts": rollout.response_texts,
+            "scores": scores.tolist(),
+            "score_mean": float(scores.mean()),
+            "rewards": rewards.sum(-1).tolist(),
+            "reward_mean": float(rewards.sum(-1).mean()),
+            "kl": kl_per_sequence,
+            "kl_per_token": float(k1.sum() / n_tokens),
+            "kl_coef": float(kl_coef),
+            "response_length": n_tokens / len(rollout),
+            "eos_fraction": float(rollout.has_eos.float().mean()),
+            **train_stats,
+            "timings": timings,
+            "tokens": int(n_tokens),
+        }
+
+    def _update(self, buffer: ExperienceBuffer, n_response: int) -> dict:
+        """PPO epochs over shuffled minibatches; each optimizer step accumulates micro-batches."""
+        c = self.config
+        temp = self.generation.temperature
+        self.policy.train()  # dropout was disabled when the models were built; train() only enables grads paths
+        self.value.train()
+        sums: dict[str, float] = {}
+        n_steps = 0
+        for micro_batches in buffer.minibatches(
+            c.minibatch_size, c.ppo_epochs, seed=c.seed + self.steps_done,
+            micro_batch_size=c.effective_micro_batch_size,
+        ):
+            self.policy_optimizer.zero_grad(set_to_none=True)
+            self.value_optimizer.zero_grad(set_to_none=True)
+            # Token-weighted accumulation: the sum of micro losses equals the minibatch's token mean.
+            total_tokens = sum(float(mb["mask"].sum()) for mb in micro_batches)
+            step: dict[str, float] = {}
+            for mb in micro_batches:
+                weight = float(mb["mask"].sum()) / total_tokens
+                logprobs, entropy = response_logprobs(
+                    self.policy, mb["input_ids"], mb["attention_mask"], n_response, temp, with_entropy=True
+                )
+                vpred = self.value(mb["input_ids"], mb["attention_mask"])[:, -n_response - 1 : -1]
+                pg_loss, pg_stats = clipped_policy_loss(
+                    logprobs, mb["logprobs"], mb["advantages"], mb["mask"], c.clip_eps
+                )
+                vf_loss, vf_stats = clipped_value_loss(vpred, mb["values"], mb["returns"], mb["mask"], c.value_clip_eps)
+                ent = masked_mean(entropy, mb["mask"])
+                loss = pg_loss + c.vf_coef * vf_loss - c.entropy_coef * ent
+                (loss * weight).backward()
+                for k, v in {"policy_loss": pg_loss, "value_loss": vf_loss, "entropy": ent,
+                             **pg_stats, **vf_stats}.items():
+                    step[k] = step.get(k, 0.0) + weight * float(v)
+            if c.max_grad_norm > 0:
+                policy_params = [p for g in self.policy_optimizer.param_groups for p in g["params"]]
+                step["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy_params, c.max_grad_norm))
+                torch.nn.utils.clip_grad_norm_(self.value.parameters(), c.max_grad_norm)
+            self.policy_optimizer.step()
+            self.value_optimizer.step()
+            for k, v in step.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_steps += 1
+        self.policy.eval()
+        self.value.eval()
+        return {k: v / n_steps for k, v in sums.items()}
