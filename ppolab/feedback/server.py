@@ -1,0 +1,322 @@
+"""A small annotation web server (stdlib only) in front of a ``FeedbackStore``.
+
+Routes:
+
+* ``GET /``                              the annotation page (self-contained HTML)
+* ``GET /api/next?annotator=NAME[&skip=1,2]``  next item for NAME, or ``{"done": true}``
+* ``POST /api/submit``                   JSON ``{item_id, annotator, ranking,
+  custom_translation?, submission_id}`` -> ``{ok, duplicate, feedback_id}``
+* ``GET /api/stats``                     counts from ``FeedbackStore.stats()``
+
+Every error is a 4xx/5xx JSON ``{"error": message}`` and changes nothing.
+The server binds to 127.0.0.1 by default: it has no authentication, so it
+should only be exposed to a network you trust.
+
+Items normally come pre-filled by the pipeline. Optionally, with a
+``candidate_source`` and a list of ``sources``, the server generates a new
+item (one model call) whenever an annotator has nothing left to do.
+"""
+from __future__ import annotations
+
+import collections
+import ipaddress
+import json
+import sys
+import threading
+import traceback
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import parse_qs, urlsplit
+
+from ppolab.feedback.store import CandidateSource, FeedbackError, FeedbackItem, FeedbackStore
+
+__all__ = ["FeedbackServer", "make_server", "serve", "MAX_BODY_BYTES"]
+
+MAX_BODY_BYTES = 64 * 1024  # a submission is a few hundred bytes; this is generous
+_DRAIN_LIMIT = 1024 * 1024  # read (and drop) an oversized body up to this, so the client sees our 413
+PAGE_PATH = Path(__file__).with_name("page.html")
+
+_SUBMIT_REQUIRED = {"item_id", "annotator", "ranking", "submission_id"}
+_SUBMIT_ALLOWED = _SUBMIT_REQUIRED | {"custom_translation"}
+_ERROR_STATUS = {"invalid": HTTPStatus.BAD_REQUEST, "not_found": HTTPStatus.NOT_FOUND,
+                 "conflict": HTTPStatus.CONFLICT}
+
+# The page must work offline and load nothing from elsewhere; the policy makes
+# that a rule the browser enforces rather than a convention.
+_PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+             "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
+
+
+class _HttpError(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _normalize_source(src: Any) -> dict[str, Any]:
+    if isinstance(src, dict) and isinstance(src.get("source"), str) and src.get("direction"):
+        return {k: src[k] for k in ("source", "direction", "reference") if k in src}
+    if isinstance(src, (tuple, list)) and len(src) == 2 and all(isinstance(x, str) for x in src):
+        return {"source": src[0], "direction": src[1]}
+    raise ValueError("each source must be (text, direction) or a dict with 'source' and "
+                     f"'direction' (and optional 'reference'), got {src!r}")
+
+
+def _item_json(item: FeedbackItem) -> dict[str, Any]:
+    # The reference translation is deliberately not sent: it would bias the annotator.
+    return {"item_id": item.id, "source": item.source, "direction": item.direction,
+            "model_version": item.model_version,
+            "candidates": [{"index": i, "text": c.text, "score": c.score}
+                           for i, c in enumerate(item.candidates)]}
+
+
+class FeedbackServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` holding the store and the optional item generator."""
+
+    daemon_threads = True  # a stuck client must not keep the process alive
+
+    def __init__(self, address: tuple[str, int], store: FeedbackStore,
+                 candidate_source: CandidateSource | None = None, model_version: str = "",
+                 sources: Iterable[Any] = (), quiet: bool = True) -> None:
+        self.store = store
+        self.candidate_source = candidate_source
+        self.model_version = model_version
+        self.quiet = quiet
+        self.page = PAGE_PATH.read_bytes()
+        self._pending = collections.deque(_normalize_source(s) for s in sources)
+        if self._pending and candidate_source is None:
+            raise ValueError("sources to generate items from need a candidate_source")
+        # Generation is serialized: models are rarely thread-safe, and two
+        # threads must not turn the same source into two items.
+        self._generate_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}/"
+
+    @property
+    def pending_sources(self) -> int:
+        return len(self._pending)
+
+    def next_item(self, annotator: str, exclude: Iterable[int] = ()) -> FeedbackItem | None:
+        exclude = list(exclude)
+        item = self.store.next_item(annotator, exclude)
+        if item is not None or self.candidate_source is None:
+            return item
+        with self._generate_lock:
+            while True:
+                # Re-check under the lock: another request may have just
+                # generated an item this annotator can take.
+                item = self.store.next_item(annotator, exclude)
+                if item is not None or not self._pending:
+                    return item
+                src = self._pending.popleft()
+                try:
+                    candidates = list(self.candidate_source(src["source"]))
+                except Exception:
+                    self._pending.appendleft(src)  # keep it for a later retry
+                    raise
+                try:
+                    self.store.add_items([{**src, "candidates": candidates,
+                                           "model_version": self.model_version}])
+                except FeedbackError as e:
+                    # e.g. no usable candidate: retrying would fail the same way.
+                    self.log(f"dropping source {src['source']!r}: {e}")
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[feedback] {message}", file=sys.stderr)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FeedbackServer
+    server_version = "ppolab-feedback"
+
+    # -- plumbing ------------------------------------------------------------
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
+        self.server.log(f"{self.address_string()} {format % args}")
+
+    def _send(self, status: int, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self._send(status, body, "application/json; charset=utf-8")
+
+    def _dispatch(self, routes: dict[str, Any]) -> None:
+        try:
+            url = urlsplit(self.path)
+            route = routes.get(url.path)
+            if route is None:
+                other = "POST" if self.command == "GET" else "GET"
+                known = _ROUTES[other]
+                if url.path in known:
+                    raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED,
+                                     f"{url.path} expects {other}, not {self.command}")
+                raise _HttpError(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
+            route(self, url)
+        except _HttpError as e:
+            self._json(e.status, {"error": str(e)})
+        except FeedbackError as e:
+            self._json(_ERROR_STATUS.get(e.kind, HTTPStatus.BAD_REQUEST), {"error": str(e)})
+        except Exception as e:  # a bug or a failing candidate source: say so, keep serving
+            traceback.print_exc()
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR,
+                       {"error": f"internal error: {type(e).__name__}: {e}"})
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        self._dispatch(_ROUTES["GET"])
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch(_ROUTES["POST"])
+
+    def _read_json_body(self) -> Any:
+        if self.headers.get("Transfer-Encoding"):
+            raise _HttpError(HTTPStatus.LENGTH_REQUIRED,
+                             "chunked bodies are not supported; send Content-Length")
+        if self.headers.get_content_type() != "application/json":
+            # Also a CSRF guard: a cross-site page cannot send application/json
+            # without a CORS preflight, which this server never approves.
+            raise _HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                             "Content-Type must be application/json")
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "Content-Length header is required")
+        try:
+            length = int(raw_length)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            raise _HttpError(HTTPStatus.BAD_REQUEST,
+                             f"invalid Content-Length: {raw_length!r}") from None
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            if length <= _DRAIN_LIMIT:
+                self.rfile.read(length)
+            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                             f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}")
+        raw = self.rfile.read(length)
+        if len(raw) != length:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "request body shorter than Content-Length")
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"body is not valid UTF-8 JSON: {e}") from None
+
+    # -- routes --------------------------------------------------------------
+
+    def _page(self, url: Any) -> None:
+        self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8",
+                   {"Content-Security-Policy": _PAGE_CSP})
+
+    def _next(self, url: Any) -> None:
+        query = parse_qs(url.query, keep_blank_values=True)
+        names = query.get("annotator", [])
+        if len(names) != 1 or not names[0].strip():
+            raise _HttpError(HTTPStatus.BAD_REQUEST,
+                             "give exactly one non-empty annotator: /api/next?annotator=NAME")
+        skip: list[int] = []
+        for part in ",".join(query.get("skip", [])).split(","):
+            if part.strip():
+                try:
+                    skip.append(int(part))
+                except ValueError:
+                    raise _HttpError(HTTPStatus.BAD_REQUEST,
+                                     f"skip must be comma-separated item ids, got {part!r}") from None
+        item = self.server.next_item(names[0], skip)
+        self._json(HTTPStatus.OK, {"done": True} if item is None else _item_json(item))
+
+    def _submit(self, url: Any) -> None:
+        body = self._read_json_body()
+        if not isinstance(body, dict):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
+        missing = sorted(_SUBMIT_REQUIRED - body.keys())
+        if missing:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"missing field(s): {', '.join(missing)}")
+        unknown = sorted(body.keys() - _SUBMIT_ALLOWED)
+        if unknown:
+            # Strict on purpose: a typo such as "custom" must not silently drop a translation.
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"unknown field(s): {', '.join(unknown)}")
+        if not isinstance(body["submission_id"], str):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "submission_id must be a string")
+        result = self.server.store.submit(
+            body["item_id"], body["annotator"], body["ranking"],
+            custom_translation=body.get("custom_translation"),
+            submission_id=body["submission_id"])
+        self._json(HTTPStatus.OK, {"ok": True, "duplicate": result.duplicate,
+                                   "feedback_id": result.feedback_id})
+
+    def _stats(self, url: Any) -> None:
+        stats = self.server.store.stats()
+        stats["pending_sources"] = self.server.pending_sources
+        self._json(HTTPStatus.OK, stats)
+
+
+_ROUTES = {
+    "GET": {"/": _Handler._page, "/index.html": _Handler._page,
+            "/api/next": _Handler._next, "/api/stats": _Handler._stats},
+    "POST": {"/api/submit": _Handler._submit},
+}
+
+
+def _as_store(store: FeedbackStore | str | Path) -> FeedbackStore:
+    return store if isinstance(store, FeedbackStore) else FeedbackStore(store)
+
+
+def make_server(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port: int = 0,
+                candidate_source: CandidateSource | None = None, model_version: str = "",
+                *, sources: Iterable[Any] = (), quiet: bool = True) -> FeedbackServer:
+    """Create (not start) the server; ``port=0`` picks a free port (see ``.url``).
+
+    Run it with ``server.serve_forever()`` (e.g. in a thread) and stop it with
+    ``server.shutdown(); server.server_close()``. ``sources`` are
+    ``(text, direction)`` pairs or ``{"source", "direction", "reference"?}``
+    dicts turned into items through ``candidate_source`` on demand, stamped
+    with ``model_version``.
+    """
+    return FeedbackServer((host, port), _as_store(store), candidate_source=candidate_source,
+                          model_version=model_version, sources=sources, quiet=quiet)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port: int = 8000,
+          candidate_source: CandidateSource | None = None, model_version: str = "",
+          *, sources: Iterable[Any] = (), quiet: bool = False) -> None:
+    """Serve the annotation page until Ctrl-C."""
+    server = make_server(store, host, port, candidate_source, model_version,
+                         sources=sources, quiet=quiet)
+    if not _is_loopback(host):
+        print(f"warning: listening on {host}: anyone who can reach this address can read "
+              "items and submit feedback (there is no authentication)", file=sys.stderr)
+    print(f"Annotation server on {server.url} (store: {server.store.path}); Ctrl-C to stop",
+          file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
