@@ -1,6 +1,6 @@
 """PPO: clipped policy/value losses and entropy."""
 from .losses import clipped_policy_loss, clipped_value_loss, entropy_from_logits, policy_ratio
 
-# from .trainer import PPOTrainer  # added by the trainer's author
+from .trainer import PPOTrainer
 
-__all__ = ["policy_ratio", "clipped_policy_loss", "clipped_value_loss", "entropy_from_logits"]
+__all__ = ["PPOTrainer", "policy_ratio", "clipped_policy_loss", "clipped_value_loss", "entropy_from_logits"]

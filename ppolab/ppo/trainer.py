@@ -20,6 +20,9 @@ from ..token_attribution import Rollout, SequenceGenerator, response_logprobs
 from ..token_attribution.generator import timed
 from .losses import clipped_policy_loss, clipped_value_loss
 
+# What the PPO epochs need per rollout; everything else in the experience is for logging.
+TRAIN_KEYS = ("input_ids", "attention_mask", "mask", "logprobs", "values", "advantages", "returns")
+
 RewardFn = Callable[[list[str], list[str]], "torch.Tensor | list[float]"]
 
 
@@ -57,6 +60,7 @@ class PPOTrainer:
             AdaptiveKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else FixedKLController(c.kl_coef)
         )
         self.steps_done = 0
+        self.timings: dict[str, float] = {}  # seconds per phase of the current step
         torch.manual_seed(c.seed)
 
     # -- scoring -------------------------------------------------------------------------------
@@ -83,23 +87,33 @@ class PPOTrainer:
             raise ValueError(f"reward: non-finite score {scores[bad[0, 0]].item()} for response {bad[0, 0].item()}")
         return scores
 
-    # -- one PPO step --------------------------------------------------------------------------
+    # -- one PPO step, in three stages a reader can call one by one ------------------------------
     def ppo_step(self, prompts: list[str]) -> dict:
-        c = self.config
-        if len(prompts) != c.batch_size:
-            raise ValueError(f"prompts: got {len(prompts)}, PPOConfig.batch_size is {c.batch_size}")
-        timings: dict[str, float] = {}
-        rollout = self.generator.generate(prompts)
-        timings.update(self.generator.timings)
-        mask = rollout.mask
-        with timed(timings, "reward_forward"):
-            scores = self.score(rollout)
+        """Generate, score and update: `update(make_experience(rollout(prompts)))`, plus stats."""
+        if len(prompts) != self.config.batch_size:
+            raise ValueError(f"prompts: got {len(prompts)}, PPOConfig.batch_size is {self.config.batch_size}")
+        rollout = self.rollout(prompts)
+        experience = self.make_experience(rollout)
+        train_stats = self.update(experience)
+        return self.finish_step(rollout, experience, train_stats)
 
-        with timed(timings, "advantage"), torch.no_grad():
+    def rollout(self, prompts: list[str]) -> Rollout:
+        """Stage 1: sample responses; policy, reference and value score them in one forward each."""
+        rollout = self.generator.generate(prompts)
+        self.timings = dict(self.generator.timings)
+        return rollout
+
+    @torch.no_grad()
+    def make_experience(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """Stage 2: scores `[B]` -> KL-penalised rewards `[B, T]` -> advantages and returns `[B, T]`."""
+        c = self.config
+        mask = rollout.mask
+        with timed(self.timings, "reward_forward"):
+            scores = self.score(rollout)
+        with timed(self.timings, "advantage"):
             kl = per_token_kl(rollout.logprobs, rollout.ref_logprobs, mask, c.kl_estimator)
-            kl_coef = self.kl_controller.value
             rewards = kl_penalized_rewards(
-                scores, kl, mask, kl_coef,
+                scores, kl, mask, self.kl_controller.value,
                 missing_eos_penalty=c.missing_eos_penalty, has_eos=rollout.has_eos,
             )
             if c.whiten_rewards:
@@ -107,18 +121,26 @@ class PPOTrainer:
             advantages, returns = gae(rewards, rollout.values, mask, c.gamma, c.lam)
             if c.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
+        return {
+            "input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask, "mask": mask,
+            "logprobs": rollout.logprobs, "values": rollout.values, "advantages": advantages,
+            "returns": returns, "scores": scores, "kl": kl, "rewards": rewards,
+        }
 
+    def update(self, experience: dict[str, torch.Tensor]) -> dict:
+        """Stage 3: PPO epochs over shuffled minibatches of the experience; returns mean losses."""
         buffer = ExperienceBuffer()
-        buffer.add(
-            input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, mask=mask,
-            logprobs=rollout.logprobs, values=rollout.values, advantages=advantages, returns=returns,
-        )
-        with timed(timings, "update"):
-            train_stats = self._update(buffer, n_response=mask.shape[1])
+        buffer.add(**{k: experience[k] for k in TRAIN_KEYS})
+        with timed(self.timings, "update"):
+            return self._update(buffer, n_response=experience["mask"].shape[1])
 
+    def finish_step(self, rollout: Rollout, experience: dict, train_stats: dict) -> dict:
+        """Update the KL controller and gather the step's statistics."""
+        mask, scores, rewards = rollout.mask, experience["scores"], experience["rewards"]
         k1 = per_token_kl(rollout.logprobs, rollout.ref_logprobs, mask, "k1")
         kl_per_sequence = float(k1.sum(-1).mean())
-        self.kl_controller.update(kl_per_sequence, c.batch_size)
+        kl_coef = self.kl_controller.value
+        self.kl_controller.update(kl_per_sequence, len(rollout))
         self.steps_done += 1
         n_tokens = float(mask.sum())
         return {
@@ -134,7 +156,7 @@ class PPOTrainer:
             "response_length": n_tokens / len(rollout),
             "eos_fraction": float(rollout.has_eos.float().mean()),
             **train_stats,
-            "timings": timings,
+            "timings": dict(self.timings),
             "tokens": int(n_tokens),
         }
 
@@ -170,7 +192,7 @@ class PPOTrainer:
                 (loss * weight).backward()
                 for k, v in {"policy_loss": pg_loss, "value_loss": vf_loss, "entropy": ent,
                              **pg_stats, **vf_stats}.items():
-                    step[k] = step.get(k, 0.0) + weight * float(v)
+                    step[k] = step.get(k, 0.0) + weight * float(v.detach())
             if c.max_grad_norm > 0:
                 policy_params = [p for g in self.policy_optimizer.param_groups for p in g["params"]]
                 step["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy_params, c.max_grad_norm))
