@@ -1,0 +1,199 @@
+"""How fast is one `ppo_step`, where does the time go, and how far is it from the bare model calls?
+
+    uv run python benchmarks/ppo_step.py            # main figures, JSON on the last line
+    uv run python benchmarks/ppo_step.py --grid     # also seconds per step over length x batch
+
+Prints, for a tiny Llama-style model on the CPU:
+- rollout tokens/s of ppo_step and seconds per phase (generate, policy/ref/value/reward forwards,
+  advantage math, PPO update), and peak RSS;
+- the compute floor: the same model calls (generate, four no-grad forwards, the PPO epochs'
+  forward/backward/optimizer steps) timed bare, without the library around them;
+- the speed ratio against a naive per-token design that runs one forward pass per state-action
+  pair (each token's log-prob and value from its own prefix), as a per-token library would.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+import ppolab.ppo.trainer as trainer_mod
+import ppolab.token_attribution.generator as generator_mod
+from ppolab.config import GenerationConfig, ModelConfig, PPOConfig
+from ppolab.models import Reference, RewardModel, ValueModel, build_policy, build_tokenizer
+from ppolab.models.builders import position_ids_from_mask
+from ppolab.ppo import PPOTrainer
+from ppolab.token_attribution import response_logprobs
+
+
+def build(args, batch: int, length: int):
+    torch.manual_seed(0)
+    tok = build_tokenizer(vocab_size=512)
+    mcfg = ModelConfig(arch="llama", n_layers=args.layers, hidden_size=args.hidden, n_heads=4, n_kv_heads=4,
+                       intermediate_size=4 * args.hidden)
+    policy = build_policy(mcfg, tok)
+    ref = Reference(policy)
+    value = ValueModel.from_policy(policy)
+    reward = RewardModel.from_causal_lm(policy, tok).eval()
+    cfg = PPOConfig(batch_size=batch, minibatch_size=batch, ppo_epochs=args.epochs, lr=1e-5)
+    gen = GenerationConfig(max_new_tokens=length, temperature=0.7, stop_at_eos=False)
+    trainer = PPOTrainer(cfg, policy, ref, value, reward, tok, gen)
+    prompts = [f"Translate English to Arabic: sentence number {i} about the weather" for i in range(batch)]
+    return trainer, prompts
+
+
+def time_ppo_step(trainer, prompts, repeats: int) -> tuple[float, dict]:
+    trainer.ppo_step(prompts)  # warm-up
+    times, phases = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        stats = trainer.ppo_step(prompts)
+        times.append(time.perf_counter() - t0)
+        phases.append(stats["timings"])
+    phase_median = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+    return statistics.median(times), phase_median
+
+
+def time_floor(trainer, prompts, repeats: int) -> float:
+    """The same model calls as one ppo_step, with nothing of the library between them."""
+    policy, ref, value, reward, tok = trainer.policy, trainer.ref, trainer.value, trainer.reward, trainer.tokenizer
+    g, c = trainer.generation, trainer.config
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    from transformers import GenerationConfig as HFGen
+
+    hf = HFGen(do_sample=True, temperature=g.temperature, top_k=None, max_new_tokens=g.max_new_tokens,
+               min_new_tokens=g.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=None)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = policy.generate(**enc, generation_config=hf)
+            mask = torch.ones_like(out)
+            mask[:, : enc["attention_mask"].shape[1]] = enc["attention_mask"]
+            pos = position_ids_from_mask(mask)
+            T = out.shape[1] - enc["input_ids"].shape[1]
+            policy(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
+            ref(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
+            value(out, mask)
+            reward.score_ids(out, mask)
+        for _ in range(c.ppo_epochs * (c.batch_size // c.minibatch_size)):
+            logits = policy(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1).logits
+            loss = logits.float().log_softmax(-1).mean() + value(out, mask).mean()
+            loss.backward()
+            trainer.policy_optimizer.step()
+            trainer.value_optimizer.step()
+            trainer.policy_optimizer.zero_grad()
+            trainer.value_optimizer.zero_grad()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+# -- the naive per-state-action design -------------------------------------------------------------
+def per_pair_logprobs(model, input_ids, attention_mask, n_response, temperature=1.0, with_entropy=False):
+    """One forward pass per (sequence, token): the state is the prefix, the action its next token."""
+    rows_lp, rows_ent = [], []
+    L = input_ids.shape[1]
+    for b in range(input_ids.shape[0]):
+        lps, ents = [], []
+        for t in range(L - n_response, L):
+            ids, m = input_ids[b : b + 1, :t], attention_mask[b : b + 1, :t]
+            logits = model(input_ids=ids, attention_mask=m, position_ids=position_ids_from_mask(m),
+                           use_cache=False, logits_to_keep=1).logits[0, -1].float() / temperature
+            logp = logits.log_softmax(-1)
+            lps.append(logp[input_ids[b, t]])
+            ents.append(-(logp.exp() * logp).sum())
+        rows_lp.append(torch.stack(lps))
+        rows_ent.append(torch.stack(ents))
+    lp = torch.stack(rows_lp)
+    return (lp, torch.stack(rows_ent)) if with_entropy else lp
+
+
+class PerPairValue(torch.nn.Module):
+    """V(s_t) from its own forward over the prefix s_t, for every t."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.inner = value
+
+    def forward(self, input_ids, attention_mask):
+        B, L = input_ids.shape
+        out = torch.zeros(B, L)
+        cols = []
+        for t in range(1, L + 1):
+            cols.append(torch.stack([self.inner(input_ids[b : b + 1, :t], attention_mask[b : b + 1, :t])[0, -1]
+                                     for b in range(B)]))
+        return torch.stack(cols, 1) if cols else out
+
+
+def time_naive(args, batch, length) -> float:
+    trainer, prompts = build(args, batch, length)
+    trainer.value = trainer.generator.value_model = PerPairValue(trainer.value)
+    saved = trainer_mod.response_logprobs, generator_mod.response_logprobs
+    trainer_mod.response_logprobs = generator_mod.response_logprobs = per_pair_logprobs
+    try:
+        t0 = time.perf_counter()
+        trainer.ppo_step(prompts)
+        return time.perf_counter() - t0
+    finally:
+        trainer_mod.response_logprobs, generator_mod.response_logprobs = saved
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--length", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--grid", action="store_true", help="seconds per step over length (16..128) x batch (8..32)")
+    ap.add_argument("--no-naive", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    trainer, prompts = build(args, args.batch, args.length)
+    step_s, phases = time_ppo_step(trainer, prompts, args.repeats)
+    floor_s = time_floor(trainer, prompts, args.repeats)
+    tokens = args.batch * args.length
+    result = {
+        "model": f"llama {args.layers} layers, hidden {args.hidden}",
+        "batch": args.batch, "response_tokens": args.length, "ppo_epochs": args.epochs,
+        "ppo_step_s": round(step_s, 4),
+        "rollout_tokens_per_s": round(tokens / step_s, 1),
+        "phases_s": {k: round(v, 4) for k, v in phases.items()},
+        "floor_s": round(floor_s, 4),
+        "step_over_floor": round(step_s / floor_s, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+    print("ppo_step phases (s):", json.dumps(result["phases_s"]), file=sys.stderr)
+    if not args.no_naive:
+        naive_s = time_naive(args, args.batch, args.length)
+        result["naive_per_pair_step_s"] = round(naive_s, 3)
+        result["speedup_vs_naive"] = round(naive_s / step_s, 1)
+    if args.grid:
+        grid = {}
+        for batch in (8, 16, 32):
+            for length in (16, 32, 64, 128):
+                t, p = build(args, batch, length)
+                grid[f"B{batch}_T{length}"] = round(time_ppo_step(t, p, 2)[0], 3)
+                print(f"B={batch:<3} T={length:<4} {grid[f'B{batch}_T{length}']:.3f} s/step", file=sys.stderr)
+        result["grid_s_per_step"] = grid
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
