@@ -1,0 +1,3 @@
+from ppolab.cli import main
+
+raise SystemExit(main())

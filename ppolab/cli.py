@@ -1,0 +1,244 @@
+"""The `ppolab` command: parse flags, pick a preset, call the pipeline. Heavy imports stay lazy."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # ppolab never downloads weights or data
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+STAGE_COMMANDS = {"sft": "sft", "synth": "synth", "train-rm": "reward_model", "ppo": "ppo_coldstart"}
+
+
+def _settings(args) -> dict:
+    from .pipeline.presets import get_preset, merge, parse_override
+
+    cfg = get_preset(args.preset)
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.exists():
+            raise SystemExit(f"error: config file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        cfg = merge(cfg, data)
+    for item in getattr(args, "set", None) or []:
+        cfg = merge(cfg, parse_override(item))
+    return cfg
+
+
+def _add_settings(p: argparse.ArgumentParser, run_required: bool = True) -> None:
+    p.add_argument("--preset", default="cpu-test", help="cpu-test (default), fast, research, production")
+    p.add_argument("--config", help="JSON or YAML file of settings overriding the preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting, e.g. ppo.steps=10")
+    if run_required:
+        p.add_argument("--run", required=True, help="run directory")
+
+
+def cmd_demo(args) -> int:
+    from .pipeline import Run, run_pipeline, write_report
+    from .pipeline.report import targets
+
+    cfg = _settings(args)
+    run = Run(args.out, cfg)
+    t0 = time.time()
+    run_pipeline(run, cfg)
+    report = write_report(run)
+    run.close()
+    print(json.dumps(report, indent=2))
+    for what, ok, measured in targets(report):
+        print(f"  [{'ok' if ok else 'MISSED'}] {what}: {measured}")
+    print(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s this invocation)")
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from .pipeline import Run, run_pipeline
+
+    cfg = _settings(args)
+    run = Run(args.run, cfg)
+    stage = "ppo_final" if args.command == "ppo" and args.final else STAGE_COMMANDS[args.command]
+    results = run_pipeline(run, cfg, only=[stage])
+    print(json.dumps({k: v for k, v in results.get(stage, {}).items() if k != "history"}, indent=2, default=str))
+    return 0
+
+
+def cmd_preference(args) -> int:
+    """DPO or ORPO from the SFT model on the run's synthetic preferences."""
+    from .pipeline.stages import _evaluate, _load_policy, _rm_pair
+    from .preference import DPOConfig, ORPOConfig, train_dpo, train_orpo
+    from .synthetic import load_preferences
+
+    cfg = _settings(args)
+    run = Path(args.run)
+    policy, tok = _load_policy(run / "sft")
+    pairs = [_rm_pair(p) for p in load_preferences(run / "synthetic_preferences.jsonl")]
+    out = run / f"{args.command}_model"
+    if args.command == "dpo":
+        history = train_dpo(policy, tok, pairs, DPOConfig(beta=args.beta, lr=args.lr, epochs=args.epochs,
+                                                          loss_type=args.loss_type), out_dir=out)
+    else:
+        history = train_orpo(policy, tok, pairs, ORPOConfig(beta=args.beta, lr=args.lr, epochs=args.epochs), out_dir=out)
+    ev = _evaluate(policy, tok, cfg)
+    print(json.dumps({"model": str(out), "steps": len(history), "last": history[-1] if history else None,
+                      "chrf_test": ev["chrf"], "bleu_test": ev["bleu"]}, indent=2, default=float))
+    return 0
+
+
+def cmd_translate(args) -> int:
+    import torch
+
+    from .data import build_prompt
+    from .models import RewardModel
+    from .pipeline.stages import as_response
+    from .sft import load_sft
+    from .sft.translate import translate
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    model, tok = load_sft(args.model)
+    model.eval()
+    reward = RewardModel.load(args.reward_model).eval() if args.reward_model else None
+    texts = [args.text] if args.text else [ln.strip() for ln in open(args.file, encoding="utf-8") if ln.strip()]
+    if not texts:
+        raise SystemExit("error: nothing to translate (give TEXT or --file F)")
+    for text in texts:
+        t0 = time.perf_counter()
+        cands = translate(model, tok, [text], args.src, "arb", do_sample=args.n > 1, num_return_sequences=args.n,
+                          max_new_tokens=args.max_new_tokens)
+        cands = cands[0] if args.n > 1 else [cands[0]]
+        cands = list(dict.fromkeys(c for c in cands if c.strip())) or [""]
+        if reward is not None:
+            prompt = build_prompt(text, args.src, "arb", tok)
+            scores = reward.score([prompt] * len(cands), [as_response(c) for c in cands]).tolist()
+        else:
+            scores = [float("nan")] * len(cands)
+        ranked = sorted(zip(cands, scores), key=lambda cs: -cs[1] if cs[1] == cs[1] else 0)[: args.top]
+        latency = time.perf_counter() - t0
+        print(json.dumps({"source": text, "candidates": [{"text": c, "score": s} for c, s in ranked],
+                          "n": args.n, "seconds": round(latency, 3)}, ensure_ascii=False))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .data import load_parallel
+    from .sft import load_sft
+    from .sft.translate import evaluate_translation
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    model, tok = load_sft(args.model)
+    model.eval()
+    examples = list(load_parallel(args.corpus, src=args.src, tgt=args.tgt))
+    if args.limit:
+        examples = examples[: args.limit]
+    ev = evaluate_translation(model, tok, examples, max_new_tokens=args.max_new_tokens)
+    print(json.dumps({"corpus": args.corpus, "direction": f"{args.src}->{args.tgt}", "n": ev["n"],
+                      "chrf": ev["chrf"], "chrf_pp": ev["chrf_pp"], "bleu": ev["bleu"]}))
+    return 0
+
+
+def cmd_feedback(args) -> int:
+    from .feedback import FeedbackStore
+
+    run = Path(args.run)
+    store_path = run / "feedback.sqlite"
+    if args.action == "export":
+        path = FeedbackStore(store_path).export_jsonl(run)
+        print(f"wrote {path}")
+    elif args.action == "serve":
+        from .feedback import serve
+
+        serve(FeedbackStore(store_path), host=args.host, port=args.port)
+    elif args.action == "cli":
+        from .feedback import run_terminal
+
+        n = run_terminal(FeedbackStore(store_path), annotator=args.annotator)
+        print(f"saved {n} judgements")
+    elif args.action == "import":
+        from .feedback import load_ratings, pairs_from_ratings
+        from .io import write_jsonl
+
+        pairs = pairs_from_ratings(load_ratings(args.file), min_difference=args.min_difference)
+        out = run / "rating_preferences.jsonl"
+        write_jsonl(out, pairs)
+        print(f"wrote {len(pairs)} pairs to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ppolab", description="PPO for RLHF of language models: EN/FR -> AR showcase.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the whole loop on the embedded default (tiny models, shipped corpus, CPU)")
+    _add_settings(p, run_required=False)
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.set_defaults(fn=cmd_demo)
+
+    for name, helptext in (("sft", "supervised fine-tuning"), ("synth", "synthetic preference pairs"),
+                           ("train-rm", "cold-start reward model"), ("ppo", "PPO (cold start; --final for the final stage)")):
+        p = sub.add_parser(name, help=helptext)
+        _add_settings(p)
+        if name == "ppo":
+            p.add_argument("--final", action="store_true", help="the final stage (human-tuned reward model)")
+        p.set_defaults(fn=cmd_stage)
+
+    for name in ("dpo", "orpo"):
+        p = sub.add_parser(name, help=f"{name.upper()} from the SFT model on the run's synthetic preferences")
+        _add_settings(p)
+        p.add_argument("--beta", type=float, default=0.1)
+        p.add_argument("--lr", type=float, default=5e-6 if name == "dpo" else 8e-6)
+        p.add_argument("--epochs", type=int, default=1)
+        if name == "dpo":
+            p.add_argument("--loss-type", default="sigmoid", choices=["sigmoid", "ipo"])
+        p.set_defaults(fn=cmd_preference)
+
+    p = sub.add_parser("translate", help="N candidates ranked by the reward model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--reward-model")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--src", default="eng", choices=["eng", "fra"])
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("text", nargs="?")
+    g.add_argument("--file")
+    p.set_defaults(fn=cmd_translate)
+
+    p = sub.add_parser("evaluate", help="chrF, chrF++ and BLEU of a model on a corpus, as JSON")
+    p.add_argument("--model", required=True)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--src", required=True, choices=["eng", "fra"])
+    p.add_argument("--tgt", default="arb")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("feedback", help="human feedback: serve the web page, terminal mode, export, import")
+    fsub = p.add_subparsers(dest="action", required=True)
+    for action in ("serve", "cli", "export", "import"):
+        q = fsub.add_parser(action)
+        q.add_argument("--run", required=True)
+        if action == "serve":
+            q.add_argument("--host", default="127.0.0.1")
+            q.add_argument("--port", type=int, default=8000)
+        if action == "cli":
+            q.add_argument("--annotator")
+        if action == "import":
+            q.add_argument("file", help="ratings JSON: [{source, direction, responses: [{text, rating}]}]")
+            q.add_argument("--min-difference", type=float, default=1.0)
+    p.set_defaults(fn=cmd_feedback)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)

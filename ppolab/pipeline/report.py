@@ -1,0 +1,120 @@
+"""report.json (fixed keys), report.md and the PNG plots of a finished run."""
+from __future__ import annotations
+
+from ..io import atomic_open, write_json
+from .run import Run
+
+
+def _ppo_block(r: dict) -> dict:
+    keys = ("reward_start", "reward_end", "kl_per_token_end", "kl_per_sequence_end", "chrf_test")
+    return {k: float(r[k]) for k in keys}
+
+
+def build_report(run: Run) -> dict:
+    s = run.stages
+    return {
+        "sft": {"chrf_test": float(s["sft"]["chrf_test"]), "bleu_test": float(s["sft"]["bleu_test"])},
+        "synthetic": {"pairs": int(s["synth"]["pairs"])},
+        "reward_model": {"val_accuracy": float(s["reward_model"]["val_accuracy"])},
+        "ppo_coldstart": _ppo_block(s["ppo_coldstart"]),
+        "reward_model_human": {"val_accuracy": float(s["reward_model_human"]["val_accuracy"]),
+                               "pairs": int(s["reward_model_human"]["pairs"])},
+        "ppo_final": _ppo_block(s["ppo_final"]),
+        "seconds": float(sum(v.get("seconds", 0.0) for v in s.values())),
+    }
+
+
+def targets(report: dict) -> list[tuple[str, bool, str]]:
+    """The seeds' checklist, each as (what, met, measured)."""
+    out = [("cold-start reward model val accuracy >= 0.70", report["reward_model"]["val_accuracy"] >= 0.70,
+            f"{report['reward_model']['val_accuracy']:.3f}")]
+    for stage in ("ppo_coldstart", "ppo_final"):
+        r = report[stage]
+        gain = r["reward_end"] - r["reward_start"]
+        out.append((f"{stage}: reward_end - reward_start >= 0.2", gain >= 0.2, f"{gain:+.3f}"))
+        out.append((f"{stage}: kl_per_token_end <= 0.2", r["kl_per_token_end"] <= 0.2, f"{r['kl_per_token_end']:.4f}"))
+        drop = report["sft"]["chrf_test"] - r["chrf_test"]
+        out.append((f"{stage}: chrF not below SFT by more than 0.5", drop <= 0.5,
+                    f"{r['chrf_test']:.2f} vs SFT {report['sft']['chrf_test']:.2f}"))
+    return out
+
+
+def plot(run: Run) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (run / "plots").mkdir(exist_ok=True)
+    written = []
+    for key, title, fname in (("score_mean", "PPO reward (normalised RM score)", "ppo_reward.png"),
+                              ("kl_per_token", "KL per token (k1, policy vs SFT)", "ppo_kl.png")):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for stage in ("ppo_coldstart", "ppo_final"):
+            rows = [r for r in run.metrics(stage) if key in r]
+            if rows:
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=stage)
+        ax.set_title(title)
+        ax.set_xlabel("PPO step")
+        ax.legend()
+        fig.tight_layout()
+        with atomic_open(run / "plots" / fname, "wb", encoding=None) as f:
+            fig.savefig(f, format="png", dpi=100)
+        plt.close(fig)
+        written.append(fname)
+    s = run.stages
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [n for n in ("sft", "ppo_coldstart", "ppo_final") if n in s]
+    ax.plot(names, [s[n]["chrf_test"] for n in names], marker="o")
+    ax.set_title("chrF on the shipped test split, by stage")
+    fig.tight_layout()
+    with atomic_open(run / "plots" / "chrf.png", "wb", encoding=None) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    written.append("chrf.png")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for n in ("reward_model", "reward_model_human"):
+        hist = s.get(n, {}).get("history", [])
+        if hist:
+            ax.plot([h["epoch"] for h in hist], [h["val_accuracy"] for h in hist], marker="o", label=n)
+    ax.set_title("Reward model validation accuracy by epoch")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_open(run / "plots" / "rm_accuracy.png", "wb", encoding=None) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    written.append("rm_accuracy.png")
+    return written
+
+
+def write_report(run: Run) -> dict:
+    report = build_report(run)
+    write_json(run / "report.json", report)
+    plots = plot(run)
+    s = run.stages
+    lines = [
+        "# ppolab run report", "",
+        f"Run directory: `{run.path}`; total {report['seconds']:.0f} s.", "",
+        "Human feedback in this run came from a **simulated annotator** (it ranks the shown candidates by "
+        "sentence chrF against the reference and sometimes writes the reference as a better translation), "
+        "submitting through the same HTTP API as the web page. No human was present.", "",
+        "| stage | figures |", "|---|---|",
+        f"| SFT | test chrF {report['sft']['chrf_test']:.2f}, BLEU {report['sft']['bleu_test']:.2f} |",
+        f"| synthetic preferences | {report['synthetic']['pairs']} pairs |",
+        f"| reward model (cold start) | val accuracy {report['reward_model']['val_accuracy']:.3f} |",
+    ]
+    for stage in ("ppo_coldstart", "ppo_final"):
+        r = report[stage]
+        lines.append(f"| {stage} | reward {r['reward_start']:+.3f} -> {r['reward_end']:+.3f}, KL/token "
+                     f"{r['kl_per_token_end']:.4f}, KL/seq {r['kl_per_sequence_end']:.3f}, chrF {r['chrf_test']:.2f} |")
+        if stage == "ppo_coldstart":
+            h = report["reward_model_human"]
+            lines.append(f"| human feedback + reward model | {h['pairs']} pairs from "
+                         f"{s.get('feedback', {}).get('feedback', '?')} judgements, val accuracy {h['val_accuracy']:.3f} |")
+    lines += ["", "## Targets", "", "| target | met | measured |", "|---|---|---|"]
+    lines += [f"| {what} | {'yes' if ok else '**no**'} | {m} |" for what, ok, m in targets(report)]
+    lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
+    with atomic_open(run / "report.md") as f:
+        f.write("\n".join(lines) + "\n")
+    return report

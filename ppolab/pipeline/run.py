@@ -1,0 +1,120 @@
+"""The run directory: run.json, metrics.jsonl, TensorBoard events, and which stages are done."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..io import write_json
+
+STAGES = ("sft", "synth", "reward_model", "ppo_coldstart", "feedback", "reward_model_human", "ppo_final")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("ppolab", "torch", "transformers", "peft", "sacrebleu", "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+class Run:
+    """One run directory. Stages record their results in `stages.json` when they complete, so a
+    re-run skips them; every file is written atomically."""
+
+    def __init__(self, path: str | os.PathLike, config: dict):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self._tb = None
+        run_json = self.path / "run.json"
+        if run_json.exists():
+            previous = json.loads(run_json.read_text(encoding="utf-8"))
+            if previous.get("config") != config:
+                changed = sorted(k for k in set(config) | set(previous.get("config", {}))
+                                 if config.get(k) != previous.get("config", {}).get(k))
+                print(f"note: {run_json} was made with other settings ({', '.join(changed)}); "
+                      "completed stages are kept, new stages use the new settings", file=sys.stderr)
+        write_json(run_json, {"config": config, "seed": config.get("seed"), "versions": _versions(),
+                              "git_commit": _git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # -- stages --------------------------------------------------------------------------------
+    @property
+    def stages(self) -> dict:
+        p = self.path / "stages.json"
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def complete(self, stage: str, result: dict) -> None:
+        stages = self.stages
+        stages[stage] = result
+        write_json(self.path / "stages.json", stages)
+
+    # -- metrics -------------------------------------------------------------------------------
+    def log(self, stage: str, record: dict) -> None:
+        """Append one record to metrics.jsonl (flushed and fsynced) and to TensorBoard."""
+        row = {"stage": stage, "time": round(time.time(), 3), **record}
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False, default=float) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tb = self._writer()
+        if tb is not None:
+            step = int(record.get("step", record.get("epoch", 0)) or 0)
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
+                    tb.add_scalar(f"{stage}/{k}", v, step)
+            tb.flush()
+
+    def logger(self, stage: str):
+        return lambda record: self.log(stage, record)
+
+    def metrics(self, stage: str | None = None) -> list[dict]:
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        rows = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill mid-write is skipped, not fatal
+            if stage is None or row.get("stage") == stage:
+                rows.append(row)
+        return rows
+
+    def _writer(self):
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.path / "tensorboard"))
+            except Exception:  # tensorboard missing or broken: JSONL still has everything
+                self._tb = False
+        return self._tb or None
+
+    def close(self) -> None:
+        if self._tb:
+            self._tb.close()

@@ -1,0 +1,397 @@
+"""The stages of the RLHF loop for translation, each reading and writing one run directory.
+
+SFT -> synthetic preferences -> reward model (cold start) -> PPO (cold start)
+    -> human feedback -> reward model on human preferences -> PPO (final)
+"""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import urllib.request
+import uuid
+import zlib
+from pathlib import Path
+
+import torch
+
+from ..config import GenerationConfig, ModelConfig, PPOConfig
+from ..data import build_prompt, load_shipped_corpus
+from ..io import atomic_open
+from ..metrics import sentence_chrf
+from ..models import Reference, RewardModel, ValueModel, build_tiny_causal_lm, build_tokenizer, load_causal_lm
+from ..sft.translate import TARGET_SEPARATOR, evaluate_translation, translate
+from .run import Run
+
+LANGS = {"eng->arb": ("eng", "arb"), "fra->arb": ("fra", "arb")}
+
+
+def as_response(text: str) -> str:
+    """The response text as the policy generates it after a prompt (see ppolab.sft.translate)."""
+    return TARGET_SEPARATOR + text.strip()
+
+
+def _sub(cfg: dict, key: str, allowed) -> dict:
+    return {k: v for k, v in cfg[key].items() if k in allowed}
+
+
+def _fields(cls) -> set:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _split(cfg: dict, name: str):
+    return list(load_shipped_corpus(name))
+
+
+def _bucket(key: str, fraction: float) -> bool:
+    """A stable pseudo-random split by key: the same source always lands on the same side."""
+    return (zlib.crc32(key.encode("utf-8")) % 10_000) < fraction * 10_000
+
+
+def _test_examples(cfg: dict):
+    test = _split(cfg, "test")
+    limit = cfg["eval"].get("test_limit")
+    return test[:limit] if limit else test
+
+
+def _evaluate(model, tok, cfg) -> dict:
+    model.eval()
+    return evaluate_translation(model, tok, _test_examples(cfg), max_new_tokens=cfg["eval"]["max_new_tokens"])
+
+
+# -- SFT -------------------------------------------------------------------------------------------
+def stage_sft(run: Run, cfg: dict) -> dict:
+    from ..sft import SFTConfig, train_sft
+
+    train, valid = _split(cfg, "train"), _split(cfg, "valid")
+    mcfg = ModelConfig(**{k: v for k, v in cfg["model"].items() if k in _fields(ModelConfig)}, seed=cfg["seed"])
+    if mcfg.policy_path:
+        from ..models import load_tokenizer
+
+        tok, model = load_tokenizer(mcfg.policy_path), load_causal_lm(mcfg.policy_path, mcfg)
+    else:
+        texts = [t for ex in train for t in (ex.source, ex.target)]
+        tok = build_tokenizer(texts, vocab_size=cfg["tokenizer"]["vocab_size"])
+        model = build_tiny_causal_lm(mcfg, tok)
+    scfg = SFTConfig(**_sub(cfg, "sft", _fields(SFTConfig)), seed=cfg["seed"])
+    t0 = time.time()
+    history = train_sft(model, tok, train, valid, scfg, out_dir=run / "sft", log=run.logger("sft"))
+    ev = _evaluate(model, tok, cfg)
+    result = {"chrf_test": ev["chrf"], "bleu_test": ev["bleu"], "chrf_pp_test": ev["chrf_pp"],
+              "valid_chrf": history[-1].get("valid_chrf"), "train_loss": history[-1].get("train_loss"),
+              "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.time() - t0}
+    run.log("sft", {"event": "test", **result})
+    return result
+
+
+def _load_policy(path: Path):
+    from ..sft import load_sft
+
+    return load_sft(path)
+
+
+# -- synthetic preferences -------------------------------------------------------------------------
+def stage_synth(run: Run, cfg: dict) -> dict:
+    from ..metrics import CombinedMetric
+    from ..synthetic import SynthConfig, generate_synthetic_preferences
+
+    model, tok = _load_policy(run / "sft")
+    model.eval()
+    examples = _split(cfg, "train")
+    random.Random(cfg["seed"]).shuffle(examples)
+    n = cfg["synth"].get("n_sources")
+    examples = examples[:n] if n else examples
+    scfg = SynthConfig(**_sub(cfg, "synth", _fields(SynthConfig)), seed=cfg["seed"])
+    stats = generate_synthetic_preferences(model, tok, examples, CombinedMetric(), scfg, out_dir=run.path)
+    result = {"pairs": int(stats["pairs"]), "sources": stats.get("sources"), "seconds": stats.get("seconds")}
+    run.log("synth", result)
+    return result
+
+
+def _rm_pair(p: dict) -> dict:
+    """A preference row as the reward model trains on it: prompt + response exactly as in PPO."""
+    out = {"prompt": p["prompt"], "chosen": as_response(p["chosen"]), "rejected": as_response(p["rejected"])}
+    if "chosen_score" in p and "rejected_score" in p:
+        out["chosen_score"], out["rejected_score"] = p["chosen_score"], p["rejected_score"]
+    return out
+
+
+def _sft_samples(run: Run, cfg: dict, n: int) -> tuple[list[str], list[str]]:
+    """n samples of the SFT policy on training sources (for the reward normalisation)."""
+    model, tok = _load_policy(run / "sft")
+    model.eval()
+    examples = _split(cfg, "train")
+    random.Random(cfg["seed"] + 1).shuffle(examples)
+    prompts, responses = [], []
+    for direction, (src, tgt) in LANGS.items():
+        chunk = [ex for ex in examples if ex.direction == direction][: n // 2]
+        if not chunk:
+            continue
+        hyps = translate(model, tok, [ex.source for ex in chunk], src, tgt, do_sample=True,
+                         max_new_tokens=cfg["ppo"]["max_new_tokens"])
+        prompts += [build_prompt(ex.source, src, tgt, tok) for ex in chunk]
+        responses += [as_response(h) for h in hyps]
+    return prompts, responses
+
+
+def _train_rm(run: Run, cfg: dict, stage: str, model: RewardModel, train_pairs, val_pairs, rm_cfg: dict, out: Path):
+    from ..reward import RewardTrainConfig, normalize_reward_model, train_reward_model
+
+    rcfg = RewardTrainConfig(**{k: v for k, v in rm_cfg.items() if k in _fields(RewardTrainConfig)},
+                             seed=cfg["seed"])
+    t0 = time.time()
+    history = train_reward_model(model, train_pairs, val_pairs, rcfg, log=run.logger(stage))
+    prompts, responses = _sft_samples(run, cfg, cfg["reward_model"]["normalize_samples"])
+    mean, std = normalize_reward_model(model, prompts, responses)
+    model.save(out)
+    return {"val_accuracy": history[-1]["val_accuracy"], "train_accuracy": history[-1].get("train_accuracy"),
+            "train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "norm_mean": mean, "norm_std": std,
+            "history": history, "seconds": time.time() - t0}
+
+
+def stage_reward_model(run: Run, cfg: dict) -> dict:
+    from ..reward import build_reward_model
+    from ..reward import RewardTrainConfig
+    from ..synthetic import load_preferences
+
+    pairs = load_preferences(run / "synthetic_preferences.jsonl")
+    if not pairs:
+        raise RuntimeError(f"{run / 'synthetic_preferences.jsonl'}: no pairs; lower synth.min_gap or add sources")
+    frac = cfg["reward_model"]["val_fraction"]
+    # Split by source sentence so validation pairs come from sources the model never trained on.
+    val = [_rm_pair(p) for p in pairs if _bucket(p["source"], frac)]
+    train = [_rm_pair(p) for p in pairs if not _bucket(p["source"], frac)]
+    sft, tok = _load_policy(run / "sft")
+    rcfg = RewardTrainConfig(**{k: v for k, v in cfg["reward_model"].items() if k in _fields(RewardTrainConfig)})
+    model = build_reward_model(sft, tok, rcfg)
+    del sft
+    result = _train_rm(run, cfg, "reward_model", model, train, val, cfg["reward_model"],
+                       run / "reward_model_coldstart")
+    run.log("reward_model", {"event": "done", **{k: v for k, v in result.items() if k != "history"}})
+    return result
+
+
+# -- PPO -------------------------------------------------------------------------------------------
+def _ppo_prompts(cfg: dict, tok) -> list[str]:
+    return [build_prompt(ex.source, ex.src_lang, ex.tgt_lang, tok) for ex in _split(cfg, "train")]
+
+
+def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Path, out: Path,
+              steps: int, lr: float) -> dict:
+    """PPO from `policy_dir` against the reward model in `reward_dir`; the reference is the SFT model.
+
+    Resumable: every step's state (weights, optimizers, KL controller, RNG) is checkpointed
+    atomically, and a restarted stage continues from the last completed step.
+    """
+    from ..ppo import PPOTrainer
+    from ..sft.trainer import save_sft
+
+    p = cfg["ppo"]
+    policy, tok = _load_policy(policy_dir)
+    sft, _ = _load_policy(run / "sft")
+    mcfg = cfg["model"]
+    if mcfg.get("lora"):
+        from ..models import wrap_lora
+
+        policy = wrap_lora(policy, ModelConfig(**{k: v for k, v in mcfg.items() if k in _fields(ModelConfig)}))
+    ref = Reference(policy) if mcfg.get("lora") and policy_dir == run / "sft" else Reference(policy, model=sft)
+    reward = RewardModel.load(reward_dir).eval()
+    reward.tokenizer = tok  # same vocabulary (saved from the same tokenizer): score token ids directly
+    value = ValueModel.from_reward_model(reward)
+    pcfg = PPOConfig(**{k: v for k, v in p.items() if k in _fields(PPOConfig)} | {"lr": lr, "seed": cfg["seed"]})
+    gcfg = GenerationConfig(max_new_tokens=p["max_new_tokens"], temperature=p["temperature"])
+    trainer = PPOTrainer(pcfg, policy, ref, value, reward, tok, gcfg)
+    prompts = _ppo_prompts(cfg, tok)
+
+    ckpt = run / f".{stage}.checkpoint.pt"
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        trainer.policy.load_state_dict(state["policy"])
+        trainer.value.load_state_dict(state["value"])
+        trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        trainer.value_optimizer.load_state_dict(state["value_optimizer"])
+        trainer.kl_controller.__dict__.update(state["kl_controller"])
+        trainer.steps_done = start = state["step"]
+        torch.set_rng_state(state["rng"])
+        print(f"{stage}: resuming at step {start} from {ckpt}")
+
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    for step in tqdm(range(start, steps), desc=stage, initial=start, total=steps):
+        batch = random.Random(cfg["seed"] * 100_003 + step).sample(prompts, pcfg.batch_size)
+        stats = trainer.ppo_step(batch)
+        record = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
+        record["timings"] = stats["timings"]
+        record["sample"] = stats["generated_texts"][0]
+        run.log(stage, record)
+        with atomic_open(ckpt, "wb", encoding=None) as f:
+            torch.save({"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict(),
+                        "policy_optimizer": trainer.policy_optimizer.state_dict(),
+                        "value_optimizer": trainer.value_optimizer.state_dict(),
+                        "kl_controller": dict(trainer.kl_controller.__dict__), "step": step + 1,
+                        "rng": torch.get_rng_state()}, f)
+    policy = trainer.policy.merge_and_unload() if hasattr(trainer.policy, "merge_and_unload") else trainer.policy
+    save_sft(policy, tok, out)
+    ev = _evaluate(policy, tok, cfg)
+    rows = [r for r in run.metrics(stage) if "score_mean" in r][-steps:]
+    k = max(1, len(rows) // 10)
+    mean = lambda key, part: float(sum(r[key] for r in part) / len(part))  # noqa: E731
+    result = {
+        "reward_start": mean("score_mean", rows[:k]), "reward_end": mean("score_mean", rows[-k:]),
+        "kl_per_token_end": mean("kl_per_token", rows[-k:]), "kl_per_sequence_end": mean("kl", rows[-k:]),
+        "chrf_test": ev["chrf"], "bleu_test": ev["bleu"], "steps": steps, "seconds": time.time() - t0,
+    }
+    run.log(stage, {"event": "done", **result})
+    ckpt.unlink(missing_ok=True)
+    return result
+
+
+# -- human feedback (simulated annotator in the demo) ----------------------------------------------
+def _candidates(policy, tok, reward: RewardModel, examples, n: int, max_new_tokens: int):
+    """For each example: n sampled translations, deduplicated, ranked by the reward model."""
+    out = []
+    for direction, (src, tgt) in LANGS.items():
+        chunk = [ex for ex in examples if ex.direction == direction]
+        if not chunk:
+            continue
+        samples = translate(policy, tok, [ex.source for ex in chunk], src, tgt, do_sample=True,
+                            num_return_sequences=n, max_new_tokens=max_new_tokens)
+        for ex, cands in zip(chunk, samples):
+            texts = list(dict.fromkeys(c.strip() for c in cands if c.strip()))
+            if len(texts) < 2:
+                continue
+            prompt = build_prompt(ex.source, src, tgt, tok)
+            scores = reward.score([prompt] * len(texts), [as_response(t) for t in texts]).tolist()
+            ranked = sorted(zip(texts, scores), key=lambda ts: -ts[1])
+            out.append((ex, ranked))
+    return out
+
+
+def _http(url: str, payload: dict | None = None) -> dict:
+    data = None if payload is None else json.dumps(payload).encode("utf-8")
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read().decode("utf-8"))
+
+
+def simulate_annotator(url: str, references: dict, name: str = "simulated-chrf", custom_every: int = 0) -> int:
+    """Annotate every item through the same HTTP API as the web page.
+
+    The simulated annotator ranks the shown candidates by sentence chrF against the reference,
+    and every `custom_every`-th item it also writes the reference as a better translation.
+    """
+    done = 0
+    while True:
+        item = _http(f"{url}/api/next?annotator={name}")
+        if item.get("done"):
+            return done
+        ref = references[(item["source"], item["direction"])]
+        cands = item["candidates"]
+        chrf = sentence_chrf([c["text"] for c in cands], [ref] * len(cands))
+        ranking = [c["index"] for _, c in sorted(zip(chrf, cands), key=lambda x: -x[0])]
+        custom = ref if custom_every and done % custom_every == 0 else None
+        _http(f"{url}/api/submit", {"item_id": item["item_id"], "annotator": name, "ranking": ranking,
+                                    "custom_translation": custom, "submission_id": str(uuid.uuid4())})
+        done += 1
+
+
+def stage_feedback(run: Run, cfg: dict) -> dict:
+    from ..feedback import FeedbackStore, make_server
+
+    f = cfg["feedback"]
+    store = FeedbackStore(run / "feedback.sqlite", shown=f["shown"])
+    # Feedback sources come from the validation split: never the test split used for chrF.
+    examples = _split(cfg, "valid")
+    random.Random(cfg["seed"] + 2).shuffle(examples)
+    examples = examples[: f["items"]]
+    if store.stats()["items"] == 0:
+        policy, tok = _load_policy(run / "ppo_model_coldstart")
+        policy.eval()
+        reward = RewardModel.load(run / "reward_model_coldstart").eval()
+        ranked = _candidates(policy, tok, reward, examples, f["candidates"], cfg["ppo"]["max_new_tokens"])
+        store.add_items([{"source": ex.source, "direction": ex.direction, "reference": ex.target,
+                          "candidates": [(t, s) for t, s in cands], "model_version": "ppo_model_coldstart"}
+                         for ex, cands in ranked])
+    server = make_server(store, port=f.get("port", 0))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        references = {(ex.source, ex.direction): ex.target for ex in examples}
+        n = simulate_annotator(server.url.rstrip("/"), references, custom_every=f["custom_every"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    path = store.export_jsonl(run.path)
+    pairs = sum(1 for _ in open(path, encoding="utf-8"))
+    result = {"annotated_this_run": n, "pairs": pairs, **{k: v for k, v in store.stats().items() if k != "annotators"},
+              "annotator": "simulated (ranks by sentence chrF against the reference; no human present)"}
+    run.log("feedback", result)
+    return result
+
+
+def stage_reward_model_human(run: Run, cfg: dict) -> dict:
+    from ..synthetic import load_preferences
+
+    h = cfg["reward_model_human"]
+    human = [json.loads(line) for line in open(run / "human_preferences.jsonl", encoding="utf-8") if line.strip()]
+    if not human:
+        raise RuntimeError(f"{run / 'human_preferences.jsonl'}: no human pairs to train on")
+    tok_model = RewardModel.load(run / "reward_model_coldstart")
+    tok = tok_model.tokenizer
+
+    def to_pair(p):
+        src, tgt = LANGS[p["direction"]]
+        return {"prompt": build_prompt(p["source"], src, tgt, tok),
+                "chosen": as_response(p["chosen"]), "rejected": as_response(p["rejected"])}
+
+    val = [to_pair(p) for p in human if _bucket(str(p["item_id"]), h["val_fraction"])]
+    train = [to_pair(p) for p in human if not _bucket(str(p["item_id"]), h["val_fraction"])]
+    # A little synthetic data in the mix keeps the model from forgetting what it learned there.
+    synth = [_rm_pair(p) for p in load_preferences(run / "synthetic_preferences.jsonl")
+             if not _bucket(p["source"], cfg["reward_model"]["val_fraction"])]
+    random.Random(cfg["seed"]).shuffle(synth)
+    train += synth[: h.get("mix_synthetic", 0)]
+    result = _train_rm(run, cfg, "reward_model_human", tok_model, train, val, {**cfg["reward_model"], **h},
+                       run / "reward_model_human")
+    result["pairs"] = len(human)
+    run.log("reward_model_human", {"event": "done", **{k: v for k, v in result.items() if k != "history"}})
+    return result
+
+
+# -- the whole loop --------------------------------------------------------------------------------
+def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
+    """Run every stage not yet completed, in order; return all stage results."""
+    if cfg.get("device", "cpu") == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("this preset needs a CUDA GPU (device=cuda) and none is visible; "
+                           "use --preset cpu-test or fast on a CPU")
+    torch.manual_seed(cfg["seed"])
+    steps = {
+        "sft": lambda: stage_sft(run, cfg),
+        "synth": lambda: stage_synth(run, cfg),
+        "reward_model": lambda: stage_reward_model(run, cfg),
+        "ppo_coldstart": lambda: stage_ppo(run, cfg, "ppo_coldstart", run / "sft", run / "reward_model_coldstart",
+                                           run / "ppo_model_coldstart", cfg["ppo"]["steps"], cfg["ppo"]["lr"]),
+        "feedback": lambda: stage_feedback(run, cfg),
+        "reward_model_human": lambda: stage_reward_model_human(run, cfg),
+        "ppo_final": lambda: stage_ppo(run, cfg, "ppo_final", run / "ppo_model_coldstart",
+                                       run / "reward_model_human", run / "ppo_model_final",
+                                       cfg["ppo_final"]["steps"], cfg["ppo"]["lr"] * cfg["ppo_final"]["lr_factor"]),
+    }
+    for name, fn in steps.items():
+        if only and name not in only:
+            continue
+        if run.done(name):
+            print(f"[{name}] already complete in {run.path}; skipping")
+            continue
+        print(f"[{name}] running ...", flush=True)
+        t0 = time.time()
+        result = fn()
+        result["seconds"] = round(time.time() - t0, 1)
+        run.complete(name, result)
+        print(f"[{name}] done in {result['seconds']:.0f} s", flush=True)
+    return run.stages
