@@ -87,6 +87,17 @@ class ValueModel(ScalarModel):
         return value
 
 
+def reward_text(prompt: str, response: str, eos_token: str | None) -> str:
+    """The one text a reward model scores: `prompt + response + eos`, joined with nothing between.
+
+    Shared by `RewardModel.score` and reward-model training (`ppolab.reward`) so the model is
+    trained on exactly the strings it later scores. No separator is added: prompt templates end
+    with their cue ("Arabic:") and the response carries its own leading space, if any, as the
+    policy generated it. The EOS is appended because PPO scores the rollout at its EOS token.
+    """
+    return prompt + response + (eos_token or "")
+
+
 class RewardModel(ScalarModel):
     """Scores (prompt, response) at the last non-pad token, normalised by stored mean and std."""
 
@@ -112,7 +123,7 @@ class RewardModel(ScalarModel):
         scores = []
         eos = self.tokenizer.eos_token or ""
         for i in range(0, len(prompts), batch_size):
-            texts = [p + r + eos for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])]
+            texts = [reward_text(p, r, eos) for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])]
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             dev = next(self.parameters()).device
             scores.append(self.score_ids(enc["input_ids"].to(dev), enc["attention_mask"].to(dev)))
