@@ -1,0 +1,107 @@
+"""The whole loop end to end on micro settings: files, report keys, skip on re-run, PPO resume."""
+import json
+
+import pytest
+
+from ppolab.pipeline import Run, get_preset, run_pipeline, write_report
+from ppolab.pipeline.presets import merge, parse_override
+
+MICRO = {
+    "tokenizer": {"vocab_size": 400},
+    "model": {"n_layers": 1, "hidden_size": 32, "n_heads": 2, "n_kv_heads": 1, "intermediate_size": 64},
+    "sft": {"epochs": 1, "batch_size": 32, "eval_limit": 4},
+    "synth": {"n_sources": 8, "candidates_per_source": 3, "min_gap": 0.001, "max_new_tokens": 8, "batch_size": 8},
+    "reward_model": {"epochs": 1, "batch_size": 8, "normalize_samples": 4, "val_fraction": 0.3},
+    "ppo": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "max_new_tokens": 8},
+    "feedback": {"items": 4, "candidates": 3, "custom_every": 2},
+    "reward_model_human": {"epochs": 1, "batch_size": 4, "val_fraction": 0.5, "mix_synthetic": 4},
+    "ppo_final": {"steps": 2},
+    "eval": {"test_limit": 4, "max_new_tokens": 8},
+}
+
+REPORT_KEYS = {
+    "sft": {"chrf_test", "bleu_test"},
+    "synthetic": {"pairs"},
+    "reward_model": {"val_accuracy"},
+    "ppo_coldstart": {"reward_start", "reward_end", "kl_per_token_end", "kl_per_sequence_end", "chrf_test"},
+    "reward_model_human": {"val_accuracy", "pairs"},
+    "ppo_final": {"reward_start", "reward_end", "kl_per_token_end", "kl_per_sequence_end", "chrf_test"},
+    "seconds": None,
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    cfg = merge(get_preset("fast"), MICRO)
+    run = Run(tmp_path_factory.mktemp("run"), cfg)
+    run_pipeline(run, cfg)
+    return run, cfg, write_report(run)
+
+
+def test_report_has_exactly_the_agreed_keys_and_types(finished_run):
+    run, _, report = finished_run
+    on_disk = json.loads((run / "report.json").read_text())
+    assert on_disk == report
+    assert set(report) == set(REPORT_KEYS)
+    for k, sub in REPORT_KEYS.items():
+        if sub is None:
+            assert isinstance(report[k], float)
+        else:
+            assert set(report[k]) == sub
+    assert isinstance(report["synthetic"]["pairs"], int) and isinstance(report["reward_model_human"]["pairs"], int)
+
+
+def test_run_directory_layout(finished_run):
+    run, *_ = finished_run
+    for name in ("run.json", "metrics.jsonl", "report.md", "sft", "synthetic_preferences.jsonl",
+                 "synthetic_data_stats.json", "reward_model_coldstart", "ppo_model_coldstart", "feedback.sqlite",
+                 "human_preferences.jsonl", "reward_model_human", "ppo_model_final", "plots/ppo_reward.png",
+                 "plots/ppo_kl.png", "plots/chrf.png", "plots/rm_accuracy.png"):
+        assert (run / name).exists(), name
+    meta = json.loads((run / "run.json").read_text())
+    assert {"config", "seed", "versions", "git_commit"} <= set(meta)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} >= {"sft", "ppo_coldstart", "ppo_final", "reward_model"}
+    assert "simulated annotator" in (run / "report.md").read_text()
+    human = [json.loads(line) for line in (run / "human_preferences.jsonl").read_text().splitlines()]
+    assert human and all(p["chosen"] != p["rejected"] for p in human)
+
+
+def test_rerun_skips_completed_stages(finished_run, capsys):
+    run, cfg, _ = finished_run
+    before = (run / "stages.json").read_text()
+    run_pipeline(run, cfg)
+    assert "already complete" in capsys.readouterr().out
+    assert (run / "stages.json").read_text() == before
+
+
+def test_ppo_resumes_after_a_crash(finished_run, monkeypatch):
+    run, cfg, _ = finished_run
+    from ppolab.pipeline import stages
+    from ppolab.ppo import PPOTrainer
+
+    cfg = merge(cfg, {"ppo": {"steps": 3}})
+    real_step, calls = PPOTrainer.ppo_step, {"n": 0}
+
+    def crashing_step(self, prompts):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, prompts)
+
+    monkeypatch.setattr(PPOTrainer, "ppo_step", crashing_step)
+    out = run / "ppo_resume_test"
+    with pytest.raises(KeyboardInterrupt):
+        stages.stage_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, 3, 1e-5)
+    assert (run / ".ppo_resume.checkpoint.pt").exists() and not out.exists()
+    result = stages.stage_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, 3, 1e-5)
+    steps = [r["step"] for r in run.metrics("ppo_resume") if "score_mean" in r]
+    assert steps == [1, 2, 3] and out.exists() and result["steps"] == 3
+
+
+def test_settings_overrides_name_unknown_keys():
+    assert parse_override("ppo.steps=7") == {"ppo": {"steps": 7}}
+    with pytest.raises(ValueError, match="ppo.stepz"):
+        merge(get_preset("cpu-test"), parse_override("ppo.stepz=7"))
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
