@@ -55,6 +55,21 @@ def response_logprobs(
     return logprobs, entropy
 
 
+def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """`[B]` tokens drawn from `[B, V]` logits at `temperature`, optionally truncated by top-k / top-p."""
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass (keep the first).
+        drop = probs.cumsum(-1) - probs > top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+
+
 @contextmanager
 def timed(timings: dict, name: str):
     """Add the wall time of the block to timings[name] (syncing CUDA so the time is real)."""
@@ -103,18 +118,35 @@ class SequenceGenerator:
         return padded["input_ids"].to(device), padded["attention_mask"].to(device)
 
     def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """`[B, T]` sampled response ids (HF generate with the KV cache)."""
-        from transformers import GenerationConfig as HFGenerationConfig
+        """`[B, T]` sampled response ids: a plain decoding loop over the KV cache.
 
+        Written out instead of calling `generate()`: at RLHF batch sizes on small models the
+        per-token bookkeeping of `generate()` costs as much as the model itself. Rows that have
+        emitted EOS keep sampling junk that `score()` masks; the loop stops once every row is done.
+        """
         c = self.config
         eos = self.tokenizer.eos_token_id if c.stop_at_eos else None
-        hf_cfg = HFGenerationConfig(
-            do_sample=True, temperature=c.temperature, top_k=c.top_k or None, top_p=c.top_p,
-            max_new_tokens=c.max_new_tokens, min_new_tokens=0 if c.stop_at_eos else c.max_new_tokens,
-            eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
-        )
-        out = self.policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=hf_cfg)
-        return out[:, prompt_ids.shape[1]:]
+        mask = prompt_mask.clone()
+        positions = position_ids_from_mask(mask)
+        out = self.policy(input_ids=prompt_ids, attention_mask=mask, position_ids=positions,
+                          use_cache=True, logits_to_keep=1)
+        next_pos = positions[:, -1:] + 1
+        finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+        tokens = []
+        for _ in range(c.max_new_tokens):
+            token = sample_next_token(out.logits[:, -1], c.temperature, c.top_k, c.top_p)
+            tokens.append(token)
+            if eos is not None:
+                finished |= token == eos
+                if bool(finished.all()):
+                    break
+            if len(tokens) == c.max_new_tokens:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            out = self.policy(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
+                              cache=out.cache, use_cache=True)
+            next_pos = next_pos + 1
+        return torch.stack(tokens, dim=1)
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> Rollout:
