@@ -60,7 +60,7 @@ def main() -> None:
     policy = build_policy(ModelConfig(arch="llama", n_layers=2, hidden_size=64, seed=args.seed), tokenizer)
     reference = Reference(policy)
     value = ValueModel.from_policy(policy)
-    config = PPOConfig(batch_size=16, minibatch_size=8, ppo_epochs=2, lr=3e-3, kl_coef=0.01, seed=args.seed)
+    config = PPOConfig(batch_size=16, minibatch_size=8, ppo_epochs=4, lr=1e-2, kl_coef=0.01, seed=args.seed)
     trainer = PPOTrainer(config, policy, reference, value, arabic_share, tokenizer,
                          GenerationConfig(max_new_tokens=16, temperature=1.0))
     prompts = (PROMPTS * 4)[: config.batch_size]

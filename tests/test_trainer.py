@@ -50,9 +50,9 @@ def test_step_has_finite_stats_changes_policy_not_reference(lora):
 
 
 def test_a_few_seeded_steps_raise_the_mean_score():
-    t = make_trainer()
-    scores = [t.ppo_step(PROMPTS * 2)["score_mean"] for _ in range(10)]
-    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.1, scores
+    t = make_trainer(lr=2e-2, batch_size=16, minibatch_size=8, ppo_epochs=4)
+    scores = [t.ppo_step(PROMPTS * 4)["score_mean"] for _ in range(12)]
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.2, scores
 
 
 def test_gradient_accumulation_matches_one_big_minibatch():

@@ -68,8 +68,8 @@ def _hf_generation_config(tokenizer, max_new_tokens, do_sample, temperature, top
 
     sampling = {}
     if do_sample:
-        # HF's default top_k is 50: 0 ("off" in ppolab) must become None, not be left to the default.
-        sampling = dict(temperature=temperature, top_k=top_k or None, top_p=top_p)
+        # transformers 5 fills top_k=None from its defaults (top-k 50); top_k=0 is what turns it off.
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     else:
         # Greedy: clear the sampling knobs so HF neither applies nor warns about them.
         sampling = dict(temperature=None, top_k=None, top_p=None)
