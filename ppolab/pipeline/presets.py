@@ -9,6 +9,7 @@ import copy
 CPU_TEST = {
     "seed": 0,
     "device": "cpu",
+    "threads": 2,  # torch intra-op threads; use 1 on a busy machine (spin-waiting threads slow tiny models)
     "tokenizer": {"vocab_size": 2000},
     "model": {"arch": "llama", "n_layers": 3, "hidden_size": 192, "n_heads": 4, "n_kv_heads": 2,
               "intermediate_size": 512, "max_position_embeddings": 256, "lora": False},
@@ -17,13 +18,13 @@ CPU_TEST = {
               "pair_strategy": "all_above_threshold", "max_new_tokens": 48, "batch_size": 50},
     "reward_model": {"epochs": 2, "lr": 1e-4, "batch_size": 16, "head_hidden": 0, "max_length": 160,
                      "val_fraction": 0.15, "normalize_samples": 64},
-    "ppo": {"steps": 30, "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "lr": 2e-5,
+    "ppo": {"steps": 40, "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "lr": 5e-5,
             "kl_coef": 0.1, "vf_coef": 0.1, "whiten_advantages": True, "max_new_tokens": 48,
             "temperature": 1.0},
     "feedback": {"items": 40, "candidates": 6, "shown": 3, "custom_every": 5, "port": 0},
     "reward_model_human": {"epochs": 3, "lr": 5e-5, "batch_size": 8, "val_fraction": 0.25,
                            "mix_synthetic": 200},
-    "ppo_final": {"steps": 20, "lr_factor": 0.5},
+    "ppo_final": {"steps": 30, "lr_factor": 0.5},
     "eval": {"test_limit": None, "max_new_tokens": 48},
 }
 

@@ -370,6 +370,7 @@ def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
         raise RuntimeError("this preset needs a CUDA GPU (device=cuda) and none is visible; "
                            "use --preset cpu-test or fast on a CPU")
     torch.manual_seed(cfg["seed"])
+    torch.set_num_threads(int(cfg.get("threads") or 1))
     steps = {
         "sft": lambda: stage_sft(run, cfg),
         "synth": lambda: stage_synth(run, cfg),
