@@ -74,7 +74,15 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return _masked_var(x, mask, unbiased).to(x.dtype)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    *,
+    mean: torch.Tensor | float | None = None,
+    var: torch.Tensor | float | None = None,
+) -> torch.Tensor:
     """Normalise valid tokens to zero mean and unit variance: ``(x - mean) / sqrt(var + eps)``.
 
     Mean and (unbiased) variance are taken over all valid tokens of the batch,
@@ -86,6 +94,10 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
 
     Args:
         x: ``[B, T]`` float.  mask: ``[B, T]``.  eps: > 0, guards var = 0.
+        mean, var: precomputed moments to use instead of this batch's, both or
+            neither - e.g. those of a larger batch this one is a shard of
+            (``ppolab.distributed.global_masked_whiten`` passes the moments of
+            all ranks' tokens).
     Returns:
         ``[B, T]`` in ``x.dtype``; 0 on padding.
     """
@@ -93,9 +105,15 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     check_same_shape(x=x, mask=mask)
     mask = check_mask(mask)
     eps = check_positive(eps, "eps")
+    if (mean is None) != (var is None):
+        raise ValueError("masked_whiten: give both mean and var, or neither")
     xs = x.to(_stat_dtype(x.dtype))
-    mean = _masked_mean(xs, mask)
-    whitened = (xs - mean) * torch.rsqrt(_masked_var(xs, mask) + eps)
+    if mean is None:
+        mean, var = _masked_mean(xs, mask), _masked_var(xs, mask)
+    else:
+        mean = torch.as_tensor(mean, dtype=xs.dtype, device=xs.device)
+        var = torch.as_tensor(var, dtype=xs.dtype, device=xs.device)
+    whitened = (xs - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask, whitened, 0.0).to(x.dtype)

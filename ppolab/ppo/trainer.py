@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..advantage import gae, masked_mean, masked_whiten
+from .. import distributed as dist
+from ..advantage import gae, masked_mean
 from ..config import GenerationConfig, PPOConfig
 from ..experience_buffer import ExperienceBuffer
 from ..models.builders import position_ids_from_mask
@@ -32,6 +33,11 @@ class PPOTrainer:
     `reward` is a `RewardModel` (scored on the rollout's token ids when it shares the policy's
     tokenizer, else on texts), a Hugging Face sequence-classification model (same tokenizer), or
     any callable `(prompts, responses) -> scores [B]` such as a translation metric.
+
+    Under `torchrun` (process group initialised before construction, N > 1 ranks) the trainer is
+    data-parallel: `PPOConfig.batch_size` and `minibatch_size` are global, each rank passes its
+    own `batch_size / N` prompts, and a step equals one process's step on all ranks' rollouts
+    (see `ppolab.distributed`). Models are broadcast from rank 0; sampling is seeded `seed + rank`.
     """
 
     def __init__(
@@ -46,12 +52,17 @@ class PPOTrainer:
     ):
         self.config = config.validate()
         self.generation = (generation or GenerationConfig()).validate()
+        self.world_size, self.rank = dist.world_size(), dist.rank()
+        c = self.config
+        self.local_batch_size, self.local_minibatch_size = dist.check_batch_sizes(
+            c.batch_size, c.minibatch_size, c.micro_batch_size, self.world_size
+        )
+        dist.broadcast_modules(policy, ref, value, reward if isinstance(reward, nn.Module) else None)
         self.policy, self.ref, self.value, self.reward, self.tokenizer = policy, ref, value, reward, tokenizer
         self.generator = SequenceGenerator(policy, tokenizer, self.generation, ref, value)
         params = [p for p in policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("policy: no trainable parameters")
-        c = self.config
         self.policy_optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
         self.value_optimizer = torch.optim.AdamW(
             value.parameters(), lr=c.effective_value_lr, eps=c.adam_eps, weight_decay=c.weight_decay
@@ -61,7 +72,7 @@ class PPOTrainer:
         )
         self.steps_done = 0
         self.timings: dict[str, float] = {}  # seconds per phase of the current step
-        torch.manual_seed(c.seed)
+        torch.manual_seed(c.seed + self.rank)  # ranks sample different rollouts; rank 0 as a single process
 
     # -- scoring -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -90,8 +101,9 @@ class PPOTrainer:
     # -- one PPO step, in three stages a reader can call one by one ------------------------------
     def ppo_step(self, prompts: list[str]) -> dict:
         """Generate, score and update: `update(make_experience(rollout(prompts)))`, plus stats."""
-        if len(prompts) != self.config.batch_size:
-            raise ValueError(f"prompts: got {len(prompts)}, PPOConfig.batch_size is {self.config.batch_size}")
+        if len(prompts) != self.local_batch_size:
+            per_rank = f" over {self.world_size} ranks: {self.local_batch_size} per rank" if self.world_size > 1 else ""
+            raise ValueError(f"prompts: got {len(prompts)}, PPOConfig.batch_size is {self.config.batch_size}{per_rank}")
         rollout = self.rollout(prompts)
         experience = self.make_experience(rollout)
         train_stats = self.update(experience)
@@ -117,10 +129,10 @@ class PPOTrainer:
                 missing_eos_penalty=c.missing_eos_penalty, has_eos=rollout.has_eos,
             )
             if c.whiten_rewards:
-                rewards = masked_whiten(rewards, mask, shift_mean=False)
+                rewards = dist.global_masked_whiten(rewards, mask, shift_mean=False)
             advantages, returns = gae(rewards, rollout.values, mask, c.gamma, c.lam)
             if c.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
+                advantages = dist.global_masked_whiten(advantages, mask)
         return {
             "input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask, "mask": mask,
             "logprobs": rollout.logprobs, "values": rollout.values, "advantages": advantages,
@@ -135,17 +147,21 @@ class PPOTrainer:
             return self._update(buffer, n_response=experience["mask"].shape[1])
 
     def finish_step(self, rollout: Rollout, experience: dict, train_stats: dict) -> dict:
-        """Update the KL controller and gather the step's statistics."""
+        """Update the KL controller and gather the step's statistics (of all ranks' rollouts)."""
         mask, scores, rewards = rollout.mask, experience["scores"], experience["rewards"]
         k1 = per_token_kl(rollout.logprobs, rollout.ref_logprobs, mask, "k1")
+        texts, has_eos = rollout.response_texts, rollout.has_eos
+        if self.world_size > 1:  # every rank's rows in rank order, so all ranks log and steer alike
+            mask, scores, rewards, k1, has_eos = dist.all_gather_rows(mask, scores, rewards, k1, has_eos)
+            texts = dist.all_gather_objects(texts)
         kl_per_sequence = float(k1.sum(-1).mean())
         kl_coef = self.kl_controller.value
-        self.kl_controller.update(kl_per_sequence, len(rollout))
+        self.kl_controller.update(kl_per_sequence, len(scores))
         self.steps_done += 1
         n_tokens = float(mask.sum())
         return {
             "step": self.steps_done,
-            "generated_texts": rollout.response_texts,
+            "generated_texts": texts,
             "scores": scores.tolist(),
             "score_mean": float(scores.mean()),
             "rewards": rewards.sum(-1).tolist(),
@@ -153,8 +169,8 @@ class PPOTrainer:
             "kl": kl_per_sequence,
             "kl_per_token": float(k1.sum() / n_tokens),
             "kl_coef": float(kl_coef),
-            "response_length": n_tokens / len(rollout),
-            "eos_fraction": float(rollout.has_eos.float().mean()),
+            "response_length": n_tokens / len(scores),
+            "eos_fraction": float(has_eos.float().mean()),
             **train_stats,
             "timings": dict(self.timings),
             "tokens": int(n_tokens),
@@ -168,14 +184,17 @@ class PPOTrainer:
         self.value.train()
         sums: dict[str, float] = {}
         n_steps = 0
+        dist.check_same_across_ranks(len(buffer), "rollouts in the experience")  # else collectives hang
         for micro_batches in buffer.minibatches(
-            c.minibatch_size, c.ppo_epochs, seed=c.seed + self.steps_done,
-            micro_batch_size=c.effective_micro_batch_size,
+            self.local_minibatch_size, c.ppo_epochs, seed=c.seed + self.steps_done,
+            micro_batch_size=c.micro_batch_size or self.local_minibatch_size,
         ):
             self.policy_optimizer.zero_grad(set_to_none=True)
             self.value_optimizer.zero_grad(set_to_none=True)
             # Token-weighted accumulation: the sum of micro losses equals the minibatch's token mean.
-            total_tokens = sum(float(mb["mask"].sum()) for mb in micro_batches)
+            # Data-parallel, the minibatch is all ranks' rows: weights are shares of the global token
+            # count, so SUM-all-reducing the gradients gives the one-process gradient exactly.
+            total_tokens = dist.all_sum(sum(float(mb["mask"].sum()) for mb in micro_batches))
             step: dict[str, float] = {}
             for mb in micro_batches:
                 weight = float(mb["mask"].sum()) / total_tokens
@@ -193,7 +212,10 @@ class PPOTrainer:
                 for k, v in {"policy_loss": pg_loss, "value_loss": vf_loss, "entropy": ent,
                              **pg_stats, **vf_stats}.items():
                     step[k] = step.get(k, 0.0) + weight * float(v.detach())
-            if c.max_grad_norm > 0:
+            groups = self.policy_optimizer.param_groups + self.value_optimizer.param_groups
+            dist.all_reduce_gradients([p for g in groups for p in g["params"]])  # SUM: weights are global shares
+            step = dist.all_sum(step)  # each rank held its tokens' share of the minibatch means
+            if c.max_grad_norm > 0:  # after the all-reduce: every rank clips by the same global norm
                 policy_params = [p for g in self.policy_optimizer.param_groups for p in g["params"]]
                 step["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy_params, c.max_grad_norm))
                 torch.nn.utils.clip_grad_norm_(self.value.parameters(), c.max_grad_norm)
