@@ -74,6 +74,14 @@ class ScalarModel(nn.Module):
 class ValueModel(ScalarModel):
     """V(s_t) for every position; built from a policy's trunk or from a reward model."""
 
+    # True when the backbone is the policy's own trunk (`ppolab.models.shared.value_head_on_policy`).
+    shares_trunk: bool = False
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the value optimizer owns: only the head when the trunk is the policy's (the policy
+        optimizer already steps those weights), else every parameter."""
+        return list(self.head.parameters() if self.shares_trunk else self.parameters())
+
     @classmethod
     def from_policy(cls, policy: nn.Module, head_hidden: int = 0) -> "ValueModel":
         return cls(copy.deepcopy(base_trunk(policy)), head_hidden=head_hidden, head_names=("value",))

@@ -65,7 +65,9 @@ class PPOTrainer:
             raise ValueError("policy: no trainable parameters")
         self.policy_optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
         self.value_optimizer = torch.optim.AdamW(
-            value.parameters(), lr=c.effective_value_lr, eps=c.adam_eps, weight_decay=c.weight_decay
+            # A value head on the policy's trunk gives only its head here: the trunk is the policy's.
+            getattr(value, "trainable_parameters", value.parameters)(),
+            lr=c.effective_value_lr, eps=c.adam_eps, weight_decay=c.weight_decay,
         )
         self.kl_controller = (
             AdaptiveKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else FixedKLController(c.kl_coef)
@@ -218,7 +220,9 @@ class PPOTrainer:
             if c.max_grad_norm > 0:  # after the all-reduce: every rank clips by the same global norm
                 policy_params = [p for g in self.policy_optimizer.param_groups for p in g["params"]]
                 step["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy_params, c.max_grad_norm))
-                torch.nn.utils.clip_grad_norm_(self.value.parameters(), c.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(
+                    getattr(self.value, "trainable_parameters", self.value.parameters)(), c.max_grad_norm
+                )
             self.policy_optimizer.step()
             self.value_optimizer.step()
             for k, v in step.items():

@@ -1,0 +1,43 @@
+"""A value model that reuses the policy's transformer trunk instead of copying it.
+
+With a LoRA policy, one set of base weights then serves three roles:
+
+    policy     = base trunk + LoRA adapter + LM head
+    reference  = the same modules with the adapter disabled (`Reference(policy)`)
+    value      = the same trunk (adapter on) + a small scalar head  (`value_head_on_policy(policy)`)
+
+so the only memory beyond the policy is the adapter, its optimizer state and the head. The price is
+that the value is no longer an independent network: its loss back-propagates into whatever trunk
+parameters train (the LoRA adapter, or the whole trunk of a full policy), and the policy optimizer
+applies those gradients together with the policy loss, weighted by `PPOConfig.vf_coef`. This is
+the classic shared actor-critic (and TRL's former `AutoModelForCausalLMWithValueHead`); a separate
+value model (`ValueModel.from_policy`) keeps the two losses apart at the cost of a second trunk.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .builders import base_trunk
+from .scalar import ValueModel
+
+
+def value_head_on_policy(policy: nn.Module, head_hidden: int = 0) -> ValueModel:
+    """A `ValueModel` whose backbone IS `base_trunk(policy)` (the same module, not a copy).
+
+    Only the head is new. `value.trainable_parameters()` returns the head alone, which is what
+    `PPOTrainer` hands to its value optimizer and clips, because the trunk's parameters already
+    belong to the policy optimizer (stepping them twice would double-apply the update).
+
+    Side effects of sharing, on purpose: `value.train()/eval()` switch the policy's trunk too,
+    `value.to(...)` would move it, and `value.state_dict()` contains the trunk's weights.
+    """
+    trunk = base_trunk(policy)
+    value = ValueModel(trunk, head_hidden=head_hidden, head_names=("value",))
+    value.shares_trunk = True
+    # ScalarModel creates its head and head_weights on the CPU; put them where the trunk's output
+    # comes out (its last parameter: the final norm) so a CUDA policy needs no `.to()` on `value`,
+    # which would also touch the shared, possibly quantized, trunk.
+    device = list(trunk.parameters())[-1].device
+    value.head.to(device)
+    value.head_weights = value.head_weights.to(device)
+    return value
