@@ -15,7 +15,7 @@ MICRO = {
     "ppo": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "max_new_tokens": 8},
     "feedback": {"items": 4, "candidates": 3, "custom_every": 2},
     "reward_model_human": {"epochs": 1, "batch_size": 4, "val_fraction": 0.5, "mix_synthetic": 4},
-    "ppo_final": {"steps": 2},
+    "ppo_final": {"steps": 2, "batch_size": 4, "minibatch_size": 2},
     "eval": {"test_limit": 4, "max_new_tokens": 8},
 }
 

@@ -43,13 +43,13 @@ class ScalarModel(nn.Module):
         self.backbone = disable_dropout(backbone)
         hidden_size = backbone.config.hidden_size
         self.head_names = list(head_names)
-        self.head = ScalarHead(hidden_size, head_hidden, len(self.head_names)).to(
-            next(backbone.parameters()).dtype
-        )
+        device = next(backbone.parameters()).device
+        # The head stays in fp32 whatever the backbone's dtype: a bf16 head loses small updates.
+        self.head = ScalarHead(hidden_size, head_hidden, len(self.head_names)).to(device)
         w = torch.tensor(head_weights if head_weights is not None else [1.0] * len(self.head_names))
         if w.numel() != len(self.head_names):
             raise ValueError(f"head_weights has {w.numel()} entries for {len(self.head_names)} heads")
-        self.register_buffer("head_weights", w / w.sum(), persistent=True)
+        self.register_buffer("head_weights", (w / w.sum()).to(device), persistent=True)
 
     def head_outputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`[B, L, n_heads]` raw head outputs at every position."""
@@ -57,7 +57,7 @@ class ScalarModel(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask), use_cache=False,
         )
-        return self.head(out.last_hidden_state).float()
+        return self.head(out.last_hidden_state.float())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head_outputs(input_ids, attention_mask) @ self.head_weights
@@ -112,8 +112,9 @@ class RewardModel(ScalarModel):
     def __init__(self, backbone, head_hidden=0, head_names=("reward",), head_weights=None, tokenizer=None):
         super().__init__(backbone, head_hidden, head_names, head_weights)
         self.tokenizer = tokenizer
-        self.register_buffer("norm_mean", torch.zeros(()))
-        self.register_buffer("norm_std", torch.ones(()))
+        device = self.head_weights.device
+        self.register_buffer("norm_mean", torch.zeros((), device=device))
+        self.register_buffer("norm_std", torch.ones((), device=device))
 
     @classmethod
     def from_causal_lm(cls, lm: nn.Module, tokenizer=None, head_hidden=0, head_names=("reward",), head_weights=None):

@@ -21,10 +21,12 @@ CPU_TEST = {
     "ppo": {"steps": 40, "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "lr": 5e-5,
             "kl_coef": 0.1, "vf_coef": 0.1, "whiten_advantages": True, "max_new_tokens": 48,
             "temperature": 1.0},
-    "feedback": {"items": 40, "candidates": 6, "shown": 3, "custom_every": 5, "port": 0},
+    "feedback": {"items": 80, "candidates": 6, "shown": 3, "custom_every": 5, "port": 0},
     "reward_model_human": {"epochs": 3, "lr": 5e-5, "batch_size": 8, "val_fraction": 0.25,
                            "mix_synthetic": 200},
-    "ppo_final": {"steps": 30, "lr_factor": 0.5},
+    # The final stage learns from a noisier, smaller human-feedback reward model: a larger batch
+    # keeps its per-step reward estimate steady; the learning rate is lower than the cold start's.
+    "ppo_final": {"steps": 40, "lr_factor": 0.6, "batch_size": 32, "minibatch_size": 8},
     "eval": {"test_limit": None, "max_new_tokens": 48},
 }
 
@@ -34,7 +36,7 @@ FAST["sft"].update({"epochs": 3})
 FAST["synth"].update({"n_sources": 60})
 FAST["ppo"].update({"steps": 6})
 FAST["feedback"].update({"items": 12})
-FAST["ppo_final"].update({"steps": 4})
+FAST["ppo_final"].update({"steps": 4, "batch_size": 16})
 FAST["eval"].update({"test_limit": 30})
 
 RESEARCH = copy.deepcopy(CPU_TEST)

@@ -99,6 +99,9 @@ def write_report(run: Run) -> dict:
         "Human feedback in this run came from a **simulated annotator** (it ranks the shown candidates by "
         "sentence chrF against the reference and sometimes writes the reference as a better translation), "
         "submitting through the same HTTP API as the web page. No human was present.", "",
+        "Rewards are normalised reward-model scores (mean 0, std 1 on SFT samples), averaged over the first "
+        "and last 10% of PPO steps. KL is k1 between the policy and the stage's reference: the policy the stage "
+        "started from (the SFT model for the cold start, the cold-start policy for the final stage).", "",
         "| stage | figures |", "|---|---|",
         f"| SFT | test chrF {report['sft']['chrf_test']:.2f}, BLEU {report['sft']['bleu_test']:.2f} |",
         f"| synthetic preferences | {report['synthetic']['pairs']} pairs |",

@@ -180,8 +180,8 @@ def _ppo_prompts(cfg: dict, tok) -> list[str]:
 
 
 def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Path, out: Path,
-              steps: int, lr: float) -> dict:
-    """PPO from `policy_dir` against the reward model in `reward_dir`; the reference is the SFT model.
+              steps: int, lr: float, overrides: dict | None = None) -> dict:
+    """PPO from `policy_dir` against the reward model in `reward_dir`, KL-anchored to `policy_dir`.
 
     Resumable: every step's state (weights, optimizers, KL controller, RNG) is checkpointed
     atomically, and a restarted stage continues from the last completed step.
@@ -189,15 +189,17 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     from ..ppo import PPOTrainer
     from ..sft.trainer import save_sft
 
-    p = cfg["ppo"]
+    p = {**cfg["ppo"], **(overrides or {})}
     policy, tok = _load_policy(policy_dir)
-    sft, _ = _load_policy(run / "sft")
     mcfg = cfg["model"]
     if mcfg.get("lora"):
         from ..models import wrap_lora
 
         policy = wrap_lora(policy, ModelConfig(**{k: v for k, v in mcfg.items() if k in _fields(ModelConfig)}))
-    ref = Reference(policy) if mcfg.get("lora") and policy_dir == run / "sft" else Reference(policy, model=sft)
+    # The reference is the policy this stage starts from: the SFT model for the cold start, the
+    # cold-start policy for the final stage (iterated RLHF, as in Llama 2). With LoRA it is the
+    # same weights with the adapter off; otherwise a frozen copy.
+    ref = Reference(policy)
     reward = RewardModel.load(reward_dir).eval()
     reward.tokenizer = tok  # same vocabulary (saved from the same tokenizer): score token ids directly
     value = ValueModel.from_reward_model(reward)
@@ -381,7 +383,8 @@ def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
         "reward_model_human": lambda: stage_reward_model_human(run, cfg),
         "ppo_final": lambda: stage_ppo(run, cfg, "ppo_final", run / "ppo_model_coldstart",
                                        run / "reward_model_human", run / "ppo_model_final",
-                                       cfg["ppo_final"]["steps"], cfg["ppo"]["lr"] * cfg["ppo_final"]["lr_factor"]),
+                                       cfg["ppo_final"]["steps"], cfg["ppo"]["lr"] * cfg["ppo_final"]["lr_factor"],
+                                       {k: v for k, v in cfg["ppo_final"].items() if k not in ("steps", "lr_factor")}),
     }
     for name, fn in steps.items():
         if only and name not in only:
