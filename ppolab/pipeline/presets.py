@@ -9,7 +9,7 @@ import copy
 CPU_TEST = {
     "seed": 0,
     "device": "cpu",
-    "threads": 2,  # torch intra-op threads; use 1 on a busy machine (spin-waiting threads slow tiny models)
+    "threads": 1,  # torch intra-op threads: tiny models gain little from a 2nd, and lose 10x when the CPU is busy
     "tokenizer": {"vocab_size": 2000},
     "model": {"arch": "llama", "n_layers": 3, "hidden_size": 192, "n_heads": 4, "n_kv_heads": 2,
               "intermediate_size": 512, "max_position_embeddings": 256, "lora": False},
