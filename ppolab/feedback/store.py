@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sqlite3
-import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -407,24 +406,14 @@ class FeedbackStore:
         """
         # Imported here: pairs imports FeedbackError from this module.
         from ppolab.feedback.pairs import pairs_from_feedback
+        from ppolab.io import write_jsonl
 
         target = Path(path)
         if target.is_dir():
             target = target / EXPORT_FILENAME
         target.parent.mkdir(parents=True, exist_ok=True)
         pairs = pairs_from_feedback(self.records())
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for pair in pairs:
-                    f.write(json.dumps(pair, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_jsonl(target, pairs)
         return target
 
     def stats(self) -> dict[str, Any]:
