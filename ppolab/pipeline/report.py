@@ -52,6 +52,9 @@ def plot(run: Run) -> list[str]:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for stage in ("ppo_coldstart", "ppo_final"):
             rows = [r for r in run.metrics(stage) if key in r]
+            # Only the latest run of the stage: a re-run after a settings change starts at step 1 again.
+            starts = [i for i, r in enumerate(rows) if r.get("step") == 1]
+            rows = rows[starts[-1]:] if starts else rows
             if rows:
                 ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=stage)
         ax.set_title(title)
