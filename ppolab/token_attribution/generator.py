@@ -82,6 +82,16 @@ def timed(timings: dict, name: str):
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
+def kv_cache_kwargs(out) -> dict:
+    """The keyword that feeds a forward's KV cache into the next one.
+
+    transformers 5 renamed `past_key_values` to `cache` (5.2x); read whichever the output has.
+    """
+    if hasattr(out, "cache"):
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
+
+
 class SequenceGenerator:
     """Turns prompts into a `Rollout`.
 
@@ -144,7 +154,7 @@ class SequenceGenerator:
                 break
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             out = self.policy(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
-                              cache=out.cache, use_cache=True)
+                              use_cache=True, **kv_cache_kwargs(out))
             next_pos = next_pos + 1
         return torch.stack(tokens, dim=1)
 
