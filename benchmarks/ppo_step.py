@@ -6,8 +6,11 @@
 Prints, for a tiny Llama-style model on the CPU:
 - rollout tokens/s of ppo_step and seconds per phase (generate, policy/ref/value/reward forwards,
   advantage math, PPO update), and peak RSS;
-- the compute floor: the same model calls (generate, four no-grad forwards, the PPO epochs'
-  forward/backward/optimizer steps) timed bare, without the library around them;
+- the compute floor: the same model calls (sampling, four no-grad forwards, the PPO epochs'
+  forward/backward/optimizer steps) timed bare, without the library around them. `floor_s`
+  samples with a bare KV-cache loop (softmax + multinomial per token: the fewest calls possible);
+  `floor_hf_generate_s` samples with transformers' `generate()` instead, which is what a library
+  built on generate() could at best reach;
 - the speed ratio against a naive per-token design that runs one forward pass per state-action
   pair (each token's log-prob and value from its own prefix), as a per-token library would.
 """
@@ -32,6 +35,7 @@ from ppolab.models import Reference, RewardModel, ValueModel, build_policy, buil
 from ppolab.models.builders import position_ids_from_mask
 from ppolab.ppo import PPOTrainer
 from ppolab.token_attribution import response_logprobs
+from ppolab.token_attribution.generator import kv_cache_kwargs
 
 
 def build(args, batch: int, length: int):
@@ -50,6 +54,28 @@ def build(args, batch: int, length: int):
     return trainer, prompts
 
 
+def time_interleaved(trainer, prompts, repeats: int) -> tuple[float, dict, float, float]:
+    """Median seconds of ppo_step (with its phases), the strict floor and the generate() floor.
+
+    The three are timed in turn, round after round, so that drift in the machine's speed (a shared
+    2-core VM) falls on all three alike instead of on whichever ran last.
+    """
+    trainer.ppo_step(prompts)  # warm-ups
+    floor_once(trainer, prompts, "loop")
+    floor_once(trainer, prompts, "hf")
+    steps, phases, loops, hfs = [], [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        stats = trainer.ppo_step(prompts)
+        steps.append(time.perf_counter() - t0)
+        phases.append(stats["timings"])
+        loops.append(floor_once(trainer, prompts, "loop"))
+        hfs.append(floor_once(trainer, prompts, "hf"))
+    phase_median = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+    med = statistics.median
+    return med(steps), phase_median, med(loops), med(hfs)
+
+
 def time_ppo_step(trainer, prompts, repeats: int) -> tuple[float, dict]:
     trainer.ppo_step(prompts)  # warm-up
     times, phases = [], []
@@ -62,38 +88,58 @@ def time_ppo_step(trainer, prompts, repeats: int) -> tuple[float, dict]:
     return statistics.median(times), phase_median
 
 
-def time_floor(trainer, prompts, repeats: int) -> float:
-    """The same model calls as one ppo_step, with nothing of the library between them."""
+def bare_sample(policy, ids, mask, new_tokens: int, temperature: float) -> torch.Tensor:
+    """`[B, P+T]`: the fewest model calls that sample T tokens, a KV-cache loop with nothing around it."""
+    pos = position_ids_from_mask(mask)
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    tokens = []
+    for t in range(new_tokens):
+        token = torch.multinomial(torch.softmax(out.logits[:, -1].float() / temperature, -1), 1)
+        tokens.append(token)
+        if t == new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        pos = pos[:, -1:] + 1
+        out = policy(input_ids=token, attention_mask=mask, position_ids=pos, use_cache=True, **kv_cache_kwargs(out))
+    return torch.cat([ids, *tokens], dim=1)
+
+
+def floor_once(trainer, prompts, generate: str = "loop") -> float:
+    """Seconds for the same model calls as one ppo_step, with nothing of the library between them.
+
+    generate="loop": sampling by `bare_sample` (the strict floor); "hf": by transformers' generate().
+    """
     policy, ref, value, reward, tok = trainer.policy, trainer.ref, trainer.value, trainer.reward, trainer.tokenizer
     g, c = trainer.generation, trainer.config
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     from transformers import GenerationConfig as HFGen
 
-    hf = HFGen(do_sample=True, temperature=g.temperature, top_k=None, max_new_tokens=g.max_new_tokens,
+    # top_k=0: transformers 5 replaces top_k=None by 50, which would add a top-k filter to the floor.
+    hf = HFGen(do_sample=True, temperature=g.temperature, top_k=0, max_new_tokens=g.max_new_tokens,
                min_new_tokens=g.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=None)
-    times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        with torch.no_grad():
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if generate == "hf":
             out = policy.generate(**enc, generation_config=hf)
-            mask = torch.ones_like(out)
-            mask[:, : enc["attention_mask"].shape[1]] = enc["attention_mask"]
-            pos = position_ids_from_mask(mask)
-            T = out.shape[1] - enc["input_ids"].shape[1]
-            policy(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
-            ref(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
-            value(out, mask)
-            reward.score_ids(out, mask)
-        for _ in range(c.ppo_epochs * (c.batch_size // c.minibatch_size)):
-            logits = policy(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1).logits
-            loss = logits.float().log_softmax(-1).mean() + value(out, mask).mean()
-            loss.backward()
-            trainer.policy_optimizer.step()
-            trainer.value_optimizer.step()
-            trainer.policy_optimizer.zero_grad()
-            trainer.value_optimizer.zero_grad()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+        else:
+            out = bare_sample(policy, enc["input_ids"], enc["attention_mask"], g.max_new_tokens, g.temperature)
+        mask = torch.ones_like(out)
+        mask[:, : enc["attention_mask"].shape[1]] = enc["attention_mask"]
+        pos = position_ids_from_mask(mask)
+        T = out.shape[1] - enc["input_ids"].shape[1]
+        policy(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
+        ref(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
+        value(out, mask)
+        reward.score_ids(out, mask)
+    for _ in range(c.ppo_epochs * (c.batch_size // c.minibatch_size)):
+        logits = policy(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1).logits
+        loss = logits.float().log_softmax(-1).mean() + value(out, mask).mean()
+        loss.backward()
+        trainer.policy_optimizer.step()
+        trainer.value_optimizer.step()
+        trainer.policy_optimizer.zero_grad()
+        trainer.value_optimizer.zero_grad()
+    return time.perf_counter() - t0
 
 
 # -- the naive per-state-action design -------------------------------------------------------------
@@ -157,7 +203,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--grid", action="store_true", help="seconds per step over length (16..128) x batch (8..32)")
     ap.add_argument("--no-naive", action="store_true")
@@ -165,8 +211,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     trainer, prompts = build(args, args.batch, args.length)
-    step_s, phases = time_ppo_step(trainer, prompts, args.repeats)
-    floor_s = time_floor(trainer, prompts, args.repeats)
+    step_s, phases, floor_s, floor_hf_s = time_interleaved(trainer, prompts, args.repeats)
     tokens = args.batch * args.length
     result = {
         "model": f"llama {args.layers} layers, hidden {args.hidden}",
@@ -176,6 +221,8 @@ def main() -> None:
         "phases_s": {k: round(v, 4) for k, v in phases.items()},
         "floor_s": round(floor_s, 4),
         "step_over_floor": round(step_s / floor_s, 3),
+        "floor_hf_generate_s": round(floor_hf_s, 4),
+        "step_over_floor_hf_generate": round(step_s / floor_hf_s, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

@@ -208,6 +208,8 @@ class PPOTrainer:
                     logprobs, mb["logprobs"], mb["advantages"], mb["mask"], c.clip_eps
                 )
                 vf_loss, vf_stats = clipped_value_loss(vpred, mb["values"], mb["returns"], mb["mask"], c.value_clip_eps)
+                if c.entropy_coef == 0:  # logged only: keep it out of the backward pass
+                    entropy = entropy.detach()
                 ent = masked_mean(entropy, mb["mask"])
                 loss = pg_loss + c.vf_coef * vf_loss - c.entropy_coef * ent
                 (loss * weight).backward()
