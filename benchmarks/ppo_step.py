@@ -6,9 +6,10 @@
 Prints, for a tiny Llama-style model on the CPU:
 - rollout tokens/s of ppo_step and seconds per phase (generate, policy/ref/value/reward forwards,
   advantage math, PPO update), and peak RSS;
-- the compute floor: the same model calls (sampling, four no-grad forwards, the PPO epochs'
-  forward/backward/optimizer steps) timed bare, without the library around them. `floor_s`
-  samples with a bare KV-cache loop (softmax + multinomial per token: the fewest calls possible);
+- the compute floor: the same model calls (sampling, with the policy's log-probs taken from the
+  sampling logits; reference, value and reward forwards; the PPO epochs' forward/backward/optimizer
+  steps) timed bare, without the library around them. `floor_s` samples with a bare KV-cache loop
+  (log-softmax + multinomial per token: the fewest calls possible);
   `floor_hf_generate_s` samples with transformers' `generate()` instead, which is what a library
   built on generate() could at best reach;
 - the speed ratio against a naive per-token design that runs one forward pass per state-action
@@ -88,20 +89,23 @@ def time_ppo_step(trainer, prompts, repeats: int) -> tuple[float, dict]:
     return statistics.median(times), phase_median
 
 
-def bare_sample(policy, ids, mask, new_tokens: int, temperature: float) -> torch.Tensor:
-    """`[B, P+T]`: the fewest model calls that sample T tokens, a KV-cache loop with nothing around it."""
+def bare_sample(policy, ids, mask, new_tokens: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, P+T]` ids and `[B, T]` log-probs: the fewest model calls that sample T tokens and know their
+    log-probs, a KV-cache loop with nothing around it."""
     pos = position_ids_from_mask(mask)
     out = policy(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    tokens = []
+    tokens, logprobs = [], []
     for t in range(new_tokens):
-        token = torch.multinomial(torch.softmax(out.logits[:, -1].float() / temperature, -1), 1)
+        logp = torch.log_softmax(out.logits[:, -1].float() / temperature, -1)
+        token = torch.multinomial(logp.exp(), 1)
         tokens.append(token)
+        logprobs.append(logp.gather(-1, token))
         if t == new_tokens - 1:
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         pos = pos[:, -1:] + 1
         out = policy(input_ids=token, attention_mask=mask, position_ids=pos, use_cache=True, **kv_cache_kwargs(out))
-    return torch.cat([ids, *tokens], dim=1)
+    return torch.cat([ids, *tokens], dim=1), torch.cat(logprobs, dim=1)
 
 
 def floor_once(trainer, prompts, generate: str = "loop") -> float:
@@ -119,15 +123,17 @@ def floor_once(trainer, prompts, generate: str = "loop") -> float:
                min_new_tokens=g.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=None)
     t0 = time.perf_counter()
     with torch.no_grad():
-        if generate == "hf":
-            out = policy.generate(**enc, generation_config=hf)
+        if generate == "hf":  # log-probs from the logits generate() returns, as TRL takes them
+            gen_out = policy.generate(**enc, generation_config=hf, return_dict_in_generate=True, output_logits=True)
+            out = gen_out.sequences
+            logits = torch.stack(gen_out.logits, dim=1).float() / g.temperature
+            logits.log_softmax(-1).gather(-1, out[:, enc["input_ids"].shape[1]:, None])
         else:
-            out = bare_sample(policy, enc["input_ids"], enc["attention_mask"], g.max_new_tokens, g.temperature)
+            out, _ = bare_sample(policy, enc["input_ids"], enc["attention_mask"], g.max_new_tokens, g.temperature)
         mask = torch.ones_like(out)
         mask[:, : enc["attention_mask"].shape[1]] = enc["attention_mask"]
         pos = position_ids_from_mask(mask)
         T = out.shape[1] - enc["input_ids"].shape[1]
-        policy(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
         ref(input_ids=out, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1)
         value(out, mask)
         reward.score_ids(out, mask)

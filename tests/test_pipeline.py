@@ -105,3 +105,18 @@ def test_settings_overrides_name_unknown_keys():
         merge(get_preset("cpu-test"), parse_override("ppo.stepz=7"))
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")
+
+
+def test_reference_pairs_prefer_the_reference_over_each_rejected_sample_once():
+    from ppolab.pipeline.stages import as_response, reference_pairs
+
+    rows = [
+        {"prompt": "P1", "reference": "مرحبا", "chosen": "a", "rejected": "b", "rejected_score": 0.1},
+        {"prompt": "P1", "reference": "مرحبا", "chosen": "c", "rejected": "b", "rejected_score": 0.1},  # same rejected
+        {"prompt": "P1", "reference": "مرحبا", "chosen": "a", "rejected": "d", "rejected_score": 0.2},
+        {"prompt": "P2", "reference": "شكرا", "chosen": "e", "rejected": " شكرا ", "rejected_score": 1.0},  # = reference
+    ]
+    got = reference_pairs(rows)
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in got] == [
+        ("P1", as_response("مرحبا"), as_response("b")), ("P1", as_response("مرحبا"), as_response("d"))]
+    assert [p["chosen_score"] for p in got] == [1.0, 1.0] and [p["rejected_score"] for p in got] == [0.1, 0.2]

@@ -104,3 +104,32 @@ def test_bad_prompts_are_clear_errors(prompts, match):
     gen = SequenceGenerator(tiny_policy(), tiny_tokenizer(), GenerationConfig(max_prompt_length=64))
     with pytest.raises(ValueError, match=match):
         gen.generate(prompts)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (5, 1.0), (0, 0.6)])
+def test_logprobs_taken_at_sampling_equal_a_recomputing_forward(top_k, top_p):
+    """The sampling loop's log-probs are those one more policy forward would give (untruncated, at T)."""
+    torch.manual_seed(1)
+    tok = tiny_tokenizer()
+    policy = tiny_policy("llama")
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0.8, top_k=top_k, top_p=top_p)
+    gen = SequenceGenerator(policy, tok, cfg, Reference(policy))
+    r = gen.generate(PROMPTS)
+    assert "policy_forward" not in gen.timings  # fp32: no extra forward
+    again = gen.score(list(PROMPTS), r.prompt_ids, r.prompt_mask, r.response_ids)  # recomputes
+    m = r.mask.bool()
+    assert torch.allclose(r.logprobs[m], again.logprobs[m], atol=1e-5)
+    assert bool((r.logprobs[~m] == 0).all())
+
+
+@pytest.mark.parametrize("setting,dtype,recomputes", [
+    (None, torch.float32, False), (None, torch.bfloat16, True), (False, torch.float32, True),
+    (True, torch.bfloat16, False),
+])
+def test_logprobs_from_sampling_setting(setting, dtype, recomputes):
+    tok = tiny_tokenizer()
+    policy = tiny_policy("llama").to(dtype)
+    gen = SequenceGenerator(policy, tok, GenerationConfig(max_new_tokens=4, logprobs_from_sampling=setting))
+    r = gen.generate(PROMPTS[:2])
+    assert ("policy_forward" in gen.timings) == recomputes
+    assert r.logprobs.dtype == torch.float32 and bool(torch.isfinite(r.logprobs).all())

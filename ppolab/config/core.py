@@ -68,7 +68,7 @@ class ModelConfig:
 
 @dataclass
 class GenerationConfig:
-    """How rollouts are sampled. Log-probs are recomputed with the same temperature."""
+    """How rollouts are sampled. Log-probs are of the temperature-scaled, untruncated distribution."""
 
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -76,6 +76,11 @@ class GenerationConfig:
     top_p: float = 1.0  # 1.0: off
     max_prompt_length: int = 256  # longer prompts are an error, not silently truncated
     stop_at_eos: bool = True  # False samples exactly max_new_tokens (benchmarks)
+    # The rollout's policy log-probs: taken from the sampling loop's logits (True), or recomputed by
+    # one more policy forward over prompt + response (False). None: taken at sampling when the logits
+    # are fp32, where the two agree to ~1e-6; recomputed in bf16/fp16, where cached decoding and a
+    # full forward round differently and the first PPO ratio would start away from 1.
+    logprobs_from_sampling: bool | None = None
 
     def validate(self) -> "GenerationConfig":
         c = "GenerationConfig"
@@ -84,6 +89,8 @@ class GenerationConfig:
         _check(self.top_k >= 0, c, "top_k", f"must be >= 0, got {self.top_k}")
         _check(0.0 < self.top_p <= 1.0, c, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(self.max_prompt_length >= 1, c, "max_prompt_length", "must be >= 1")
+        _check(self.logprobs_from_sampling in (None, True, False), c, "logprobs_from_sampling",
+               f"must be true, false or null, got {self.logprobs_from_sampling!r}")
         return self
 
 

@@ -119,6 +119,22 @@ def _rm_pair(p: dict) -> dict:
     return out
 
 
+def reference_pairs(pairs: list[dict]) -> list[dict]:
+    """Reference-anchored pairs: each source's reference is preferred over every rejected sample.
+
+    The reference is a human translation, so it scores 1.0 on any reference-based metric.
+    """
+    out, seen = [], set()
+    for p in pairs:
+        key = (p["prompt"], p["rejected"])
+        if key in seen or p["rejected"].strip() == p["reference"].strip():
+            continue
+        seen.add(key)
+        out.append(_rm_pair({"prompt": p["prompt"], "chosen": p["reference"], "rejected": p["rejected"],
+                             "chosen_score": 1.0, "rejected_score": p.get("rejected_score", 0.0)}))
+    return out
+
+
 def _sft_samples(run: Run, cfg: dict, n: int) -> tuple[list[str], list[str]]:
     """n samples of the SFT policy on training sources (for the reward normalisation)."""
     model, tok = _load_policy(run / "sft")
@@ -153,8 +169,7 @@ def _train_rm(run: Run, cfg: dict, stage: str, model: RewardModel, train_pairs, 
 
 
 def stage_reward_model(run: Run, cfg: dict) -> dict:
-    from ..reward import build_reward_model
-    from ..reward import RewardTrainConfig
+    from ..reward import RewardTrainConfig, build_reward_model, evaluate_reward_model
     from ..synthetic import load_preferences
 
     pairs = load_preferences(run / "synthetic_preferences.jsonl")
@@ -164,12 +179,18 @@ def stage_reward_model(run: Run, cfg: dict) -> dict:
     # Split by source sentence so validation pairs come from sources the model never trained on.
     val = [_rm_pair(p) for p in pairs if _bucket(p["source"], frac)]
     train = [_rm_pair(p) for p in pairs if not _bucket(p["source"], frac)]
+    val_reference = reference_pairs([p for p in pairs if _bucket(p["source"], frac)])
+    if cfg["reward_model"].get("reference_pairs", False):
+        train += reference_pairs([p for p in pairs if not _bucket(p["source"], frac)])
     sft, tok = _load_policy(run / "sft")
     rcfg = RewardTrainConfig(**{k: v for k, v in cfg["reward_model"].items() if k in _fields(RewardTrainConfig)})
     model = build_reward_model(sft, tok, rcfg)
     del sft
     result = _train_rm(run, cfg, "reward_model", model, train, val, cfg["reward_model"],
                        run / "reward_model_coldstart")
+    # Does the model rank a human reference above the samples? Synthetic pairs alone never show
+    # it one, and without them it learned surface cues (length) that references do not share.
+    result["val_reference_accuracy"] = evaluate_reward_model(model, val_reference)["accuracy"]
     run.log("reward_model", {"event": "done", **{k: v for k, v in result.items() if k != "history"}})
     return result
 

@@ -82,6 +82,13 @@ def timed(timings: dict, name: str):
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
+def _lm_head_dtype(model: nn.Module, logits: torch.Tensor) -> torch.dtype:
+    """The dtype the logits are computed in (a model may upcast its output logits to fp32)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else logits.dtype
+
+
 def kv_cache_kwargs(out) -> dict:
     """The keyword that feeds a forward's KV cache into the next one.
 
@@ -127,12 +134,14 @@ class SequenceGenerator:
         device = next(self.policy.parameters()).device
         return padded["input_ids"].to(device), padded["attention_mask"].to(device)
 
-    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """`[B, T]` sampled response ids: a plain decoding loop over the KV cache.
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[B, T]` sampled response ids, and their log-probs `[B, T]` (or None): a decoding loop over the KV cache.
 
         Written out instead of calling `generate()`: at RLHF batch sizes on small models the
         per-token bookkeeping of `generate()` costs as much as the model itself. Rows that have
         emitted EOS keep sampling junk that `score()` masks; the loop stops once every row is done.
+        The log-probs come from the logits each token was drawn from (see
+        `GenerationConfig.logprobs_from_sampling`); None when they are to be recomputed.
         """
         c = self.config
         eos = self.tokenizer.eos_token_id if c.stop_at_eos else None
@@ -140,12 +149,19 @@ class SequenceGenerator:
         positions = position_ids_from_mask(mask)
         out = self.policy(input_ids=prompt_ids, attention_mask=mask, position_ids=positions,
                           use_cache=True, logits_to_keep=1)
+        keep_logprobs = c.logprobs_from_sampling
+        if keep_logprobs is None:
+            keep_logprobs = _lm_head_dtype(self.policy, out.logits) == torch.float32
         next_pos = positions[:, -1:] + 1
         finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-        tokens = []
+        tokens, logprobs = [], []
         for _ in range(c.max_new_tokens):
-            token = sample_next_token(out.logits[:, -1], c.temperature, c.top_k, c.top_p)
+            logits = out.logits[:, -1]
+            token = sample_next_token(logits, c.temperature, c.top_k, c.top_p)
             tokens.append(token)
+            if keep_logprobs:  # of the untruncated distribution at the temperature, as when recomputed
+                logp = F.log_softmax(logits.float() / c.temperature, dim=-1)
+                logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
             if eos is not None:
                 finished |= token == eos
                 if bool(finished.all()):
@@ -156,7 +172,7 @@ class SequenceGenerator:
             out = self.policy(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
                               use_cache=True, **kv_cache_kwargs(out))
             next_pos = next_pos + 1
-        return torch.stack(tokens, dim=1)
+        return torch.stack(tokens, dim=1), (torch.stack(logprobs, dim=1) if keep_logprobs else None)
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> Rollout:
@@ -166,14 +182,18 @@ class SequenceGenerator:
         self.policy.eval()
         try:
             with timed(self.timings, "generate"):
-                response = self.sample(prompt_ids, prompt_mask)
-            return self.score(list(prompts), prompt_ids, prompt_mask, response)
+                response, logprobs = self.sample(prompt_ids, prompt_mask)
+            return self.score(list(prompts), prompt_ids, prompt_mask, response, logprobs)
         finally:
             self.policy.train(was_training)
 
     @torch.no_grad()
-    def score(self, prompts, prompt_ids, prompt_mask, response) -> Rollout:
-        """Build the Rollout of given responses: mask after EOS, then one forward per model."""
+    def score(self, prompts, prompt_ids, prompt_mask, response, logprobs=None) -> Rollout:
+        """Build the Rollout of given responses `[B, T]`: mask after EOS, then one forward per model.
+
+        `logprobs` `[B, T]`: the policy's log-probs of `response` if already known (from sampling);
+        else the policy scores the responses in one forward too.
+        """
         eos = self.tokenizer.eos_token_id if self.config.stop_at_eos else None
         mask, has_eos = response_mask(response, eos)
         T = max(int(mask.sum(-1).max()), 1)  # drop columns that are padding in every row
@@ -182,8 +202,11 @@ class SequenceGenerator:
         input_ids = torch.cat([prompt_ids, response], 1)
         attention_mask = torch.cat([prompt_mask, mask.to(prompt_mask.dtype)], 1)
         temp = self.config.temperature
-        with timed(self.timings, "policy_forward"):
-            logprobs = response_logprobs(self.policy, input_ids, attention_mask, T, temp)
+        if logprobs is not None:
+            logprobs = logprobs[:, :T].float().masked_fill(mask == 0, 0.0)
+        else:
+            with timed(self.timings, "policy_forward"):
+                logprobs = response_logprobs(self.policy, input_ids, attention_mask, T, temp)
         ref = self.reference if self.reference is not None else self.policy
         with timed(self.timings, "ref_forward"):
             ref_logprobs = response_logprobs(ref, input_ids, attention_mask, T, temp)
