@@ -330,3 +330,17 @@ def test_bad_pairs_raise(tok):
         train_orpo(model, tok, [{"prompt": "a", "chosen": "b"}], ORPOConfig(), progress=False)
     with pytest.raises(ValueError, match="chosen"):
         train_dpo(model, tok, [{"prompt": "a", "chosen": 3, "rejected": "c"}], DPOConfig(), progress=False)
+
+
+def test_tokenize_pairs_adds_bos_only_when_asked():
+    from ppolab.models import build_tokenizer
+
+    t = build_tokenizer(vocab_size=300)
+    assert t.bos_token_id is not None
+    plain = tokenize_pairs(t, ["hello"], [" a"], [" b"], max_length=32)
+    with_bos = tokenize_pairs(t, ["hello"], [" a"], [" b"], max_length=32, add_bos=True)
+    p_ids = t("hello", add_special_tokens=False)["input_ids"]
+    row = plain["input_ids"][0][plain["attention_mask"][0].bool()].tolist()
+    assert row[: len(p_ids)] == p_ids  # as SFT and PPO see the prompt
+    row_bos = with_bos["input_ids"][0][with_bos["attention_mask"][0].bool()].tolist()
+    assert row_bos == [t.bos_token_id] + row

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from .sacre import _clean
+
 __all__ = ["EmbeddingSimilarity"]
 
 
@@ -170,19 +172,11 @@ class EmbeddingSimilarity:
 
     def score(self, hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
         """F1 similarity of each (hypothesis, reference) pair, in [-1, 1] (identical strings: 1.0)."""
-        if isinstance(hyps, str) or isinstance(refs, str):
-            raise TypeError("hyps and refs must be lists of strings, not a single string")
-        hyps, refs = list(hyps), list(refs)
-        if len(hyps) != len(refs):
-            raise ValueError(f"hyps and refs differ in length: {len(hyps)} hypotheses, {len(refs)} references")
-        for name, seq in (("hyps", hyps), ("refs", refs)):
-            for i, s in enumerate(seq):
-                if not isinstance(s, str):
-                    raise TypeError(f"{name}[{i}] is {type(s).__name__}, expected str")
+        hyps, refs = _clean(hyps, refs)  # validated and stripped
         scores: list[float] = []
         for start in range(0, len(hyps), self.batch_size):
-            hb = [s.strip() for s in hyps[start : start + self.batch_size]]
-            rb = [s.strip() for s in refs[start : start + self.batch_size]]
+            hb = hyps[start : start + self.batch_size]
+            rb = refs[start : start + self.batch_size]
             # One forward pass for both sides: masks make this equivalent to two.
             emb, mask = self._embed(hb + rb)
             b = len(hb)

@@ -182,7 +182,10 @@ def _pair_logps(model, tokenizer, prompts, chosen, rejected, max_length, device,
     return logps[:b], logps[b:]
 
 
-def _clip_and_step(params, optimizer, grad_clip, step: int) -> float:
+def _backward_and_step(loss, params, optimizer, grad_clip, step: int) -> float:
+    """Backward, clip, and apply the update; returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
     max_norm = grad_clip if grad_clip is not None else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     if not torch.isfinite(grad_norm):
@@ -190,6 +193,13 @@ def _clip_and_step(params, optimizer, grad_clip, step: int) -> float:
         raise FloatingPointError(f"non-finite gradient norm at step {step}")
     optimizer.step()
     return float(grad_norm)
+
+
+def _record(history: list, bar, metrics: dict, shown: str) -> None:
+    """Keep the step's metrics and show the loss and `shown` on the progress bar."""
+    history.append(metrics)
+    bar.update(1)
+    bar.set_postfix(loss=f"{metrics['loss']:.4f}", **{shown: f"{metrics[shown]:.3f}"})
 
 
 def _save_atomic(model, tokenizer, out_dir, record: dict) -> Path:
@@ -299,9 +309,7 @@ def train_dpo(
                     beta=config.beta, label_smoothing=config.label_smoothing, loss_type=config.loss_type,
                 )
                 loss = losses.mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = _clip_and_step(params, optimizer, config.grad_clip, step)
+                grad_norm = _backward_and_step(loss, params, optimizer, config.grad_clip, step)
                 metrics = {
                     "step": step,
                     "epoch": epoch,
@@ -314,10 +322,8 @@ def train_dpo(
                     "policy_rejected_logps": float(pr.detach().mean()),
                     "grad_norm": grad_norm,
                 }
-                history.append(metrics)
+                _record(history, bar, metrics, "reward_accuracy")
                 step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['reward_accuracy']:.2f}")
 
     if out_dir is not None:
         _save_atomic(

@@ -120,14 +120,16 @@ def tokenize_pairs(
     chosen: Sequence[str],
     rejected: Sequence[str],
     max_length: int,
+    add_bos: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Build one left-padded batch of ``2B`` rows: ``B`` chosen rows, then ``B`` rejected rows.
 
-    Row ``i`` (and ``B + i``) is ``[bos] + prompt + response + [eos]``, tokenized piecewise: the
+    Row ``i`` (and ``B + i``) is ``prompt + response + [eos]``, tokenized piecewise: the
     prompt and each response are encoded separately (no special tokens) and concatenated as ids.
     Piecewise encoding guarantees the prompt tokens are identical in the chosen and rejected row
     and that the response boundary is exact (encoding the joined string can merge tokens across
-    the boundary). ``bos`` is prepended only if the tokenizer defines one.
+    the boundary). No BOS by default, as ppolab's SFT and PPO encode prompts (a chat template
+    writes its own); ``add_bos=True`` prepends the tokenizer's BOS for a model trained with one.
 
     Truncation to ``max_length`` (per row): the prompt is cut from the LEFT (its end, next to the
     response, matters most) down to ``max(max_length - longest response, max_length // 2)``
@@ -164,11 +166,11 @@ def tokenize_pairs(
     rejected_rows: list[tuple[list[int], list[int]]] = []
     for prompt, ch, rj in zip(prompts, chosen, rejected, strict=True):
         p_ids = _encode(tokenizer, prompt)
-        if bos is not None:
+        if add_bos and bos is not None:
             p_ids = [bos] + p_ids
         if not p_ids:
             raise ValueError(
-                "prompt tokenizes to nothing and the tokenizer has no bos token: the first "
+                "prompt tokenizes to nothing (and no bos token is prepended): the first "
                 "response token would have no context to be scored from"
             )
         c_ids = _encode(tokenizer, ch) + [eos]

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from ppolab.preference.dpo import (
     _batches,
     _check_common,
-    _clip_and_step,
+    _backward_and_step,
+    _record,
     _model_device,
     _pair_logps,
     _save_atomic,
@@ -108,9 +109,7 @@ def train_orpo(
                 nll = -c_avg  # [b]
                 or_losses = orpo_odds_ratio_loss(c_avg, r_avg, beta=config.beta)  # [b]
                 loss = (nll + or_losses).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = _clip_and_step(params, optimizer, config.grad_clip, step)
+                grad_norm = _backward_and_step(loss, params, optimizer, config.grad_clip, step)
                 with torch.no_grad():
                     ratio = log_odds(c_avg) - log_odds(r_avg)
                 metrics = {
@@ -125,10 +124,8 @@ def train_orpo(
                     "rejected_avg_logps": float(r_avg.detach().mean()),
                     "grad_norm": grad_norm,
                 }
-                history.append(metrics)
+                _record(history, bar, metrics, "log_odds")
                 step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", log_odds=f"{metrics['log_odds']:.3f}")
 
     if out_dir is not None:
         _save_atomic(
