@@ -111,3 +111,22 @@ def test_value_model_from_reward_model_starts_equal():
     ids, mask = _batch(tok, ["one two three"])
     assert torch.allclose(value(ids, mask)[:, -1], rm.score_last(ids, mask), atol=1e-6)
     assert all(p.requires_grad for p in value.parameters())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_value_model_from_policy_keeps_what_trains(lora):
+    policy = tiny_policy("llama", lora=lora)
+    value = ValueModel.from_policy(policy)
+    trainable = {n for n, p in value.named_parameters() if p.requires_grad}
+    assert any(n.startswith("head") for n in trainable)
+    trunk = [n for n in trainable if not n.startswith("head")]
+    if lora:  # the adapter's copy and the head train; the base stays frozen
+        assert trunk and all("lora_" in n for n in trunk)
+    else:
+        assert len(trunk) == sum(1 for _ in value.backbone.parameters())
+    # A copy: training it leaves the policy alone.
+    before = [p.clone() for p in policy.parameters()]
+    for p in value.parameters():
+        if p.requires_grad:
+            p.data.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))

@@ -84,6 +84,12 @@ class ValueModel(ScalarModel):
 
     @classmethod
     def from_policy(cls, policy: nn.Module, head_hidden: int = 0) -> "ValueModel":
+        """A value model on a copy of the policy's trunk, with a fresh head.
+
+        The copy keeps what is trainable in the policy: a full trunk trains whole; a LoRA trunk
+        keeps its frozen base and trains a copy of the adapter (plus the head), so a LoRA setup
+        stays cheap. For one backbone in all roles use `value_head_on_policy` instead.
+        """
         return cls(copy.deepcopy(base_trunk(policy)), head_hidden=head_hidden, head_names=("value",))
 
     @classmethod
