@@ -120,3 +120,27 @@ def test_reference_pairs_prefer_the_reference_over_each_rejected_sample_once():
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in got] == [
         ("P1", as_response("مرحبا"), as_response("b")), ("P1", as_response("مرحبا"), as_response("d"))]
     assert [p["chosen_score"] for p in got] == [1.0, 1.0] and [p["rejected_score"] for p in got] == [0.1, 0.2]
+
+
+def test_each_stage_starts_from_its_own_seed(tmp_path, monkeypatch):
+    """A stage draws the same random numbers whether earlier stages ran in this process or not."""
+    import torch
+
+    import ppolab.pipeline.stages as stages
+
+    def draw(*args, **kwargs):
+        return {"draw": torch.rand(3).tolist()}
+
+    for name in ("stage_sft", "stage_synth", "stage_reward_model", "stage_ppo", "stage_feedback",
+                 "stage_reward_model_human"):
+        monkeypatch.setattr(stages, name, draw)
+    cfg = merge(get_preset("fast"), MICRO)
+    fresh = Run(tmp_path / "fresh", cfg)
+    run_pipeline(fresh, cfg)
+    resumed = Run(tmp_path / "resumed", cfg)
+    run_pipeline(resumed, cfg, only=["sft", "synth", "reward_model"])
+    torch.rand(5)  # the process's RNG has moved on, as after a restart
+    run_pipeline(resumed, cfg)
+    draws = {name: s["draw"] for name, s in fresh.stages.items()}
+    assert draws == {name: s["draw"] for name, s in resumed.stages.items()}
+    assert len({tuple(d) for d in draws.values()}) == len(draws)  # and the stages differ from each other

@@ -407,13 +407,16 @@ def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
                                        cfg["ppo_final"]["steps"], cfg["ppo"]["lr"] * cfg["ppo_final"]["lr_factor"],
                                        {k: v for k, v in cfg["ppo_final"].items() if k not in ("steps", "lr_factor")}),
     }
-    for name, fn in steps.items():
+    for i, (name, fn) in enumerate(steps.items()):
         if only and name not in only:
             continue
         if run.done(name):
             print(f"[{name}] already complete in {run.path}; skipping")
             continue
         print(f"[{name}] running ...", flush=True)
+        # Each stage starts from its own seed, so a stage gives the same result whether the stages
+        # before it ran in this process or in an earlier one (a resumed run equals a fresh one).
+        torch.manual_seed(cfg["seed"] * 1_000 + i)
         t0 = time.time()
         result = fn()
         result["seconds"] = round(time.time() - t0, 1)
