@@ -23,6 +23,7 @@ Peak RSS is the child's ru_maxrss (whole process life, model building included),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -147,6 +148,33 @@ def loadavg() -> list[float]:
 # ---------------------------------------------------------------------------------------------
 # Children: one side each
 # ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def timed_loop(profile_path: str | None):
+    """Time the block in wall and CPU seconds (and cProfile it to `profile_path` if given).
+
+    Yields a dict that holds `t0` and `load_start` at once and `seconds`, `cpu_seconds` on exit.
+    """
+    profiler = None
+    if profile_path:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    out = {"load_start": loadavg()}
+    c0 = time.process_time()
+    out["t0"] = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    try:
+        yield out
+    finally:
+        if profiler:
+            profiler.disable()
+        out["seconds"] = time.perf_counter() - out["t0"]
+        out["cpu_seconds"] = time.process_time() - c0
+        if profiler:
+            profiler.dump_stats(profile_path)
+
+
 def run_ppolab(args, size: dict) -> dict:
     import numpy as np
     import torch
@@ -178,40 +206,25 @@ def run_ppolab(args, size: dict) -> dict:
     order: list[int] = []
     torch.set_num_threads(args.threads)
 
-    profiler = None
-    if args.profile:
-        import cProfile
-
-        profiler = cProfile.Profile()
     phase: dict[str, float] = {}
     tokens = 0
     step_times = []
-    load0 = loadavg()
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    for _ in range(args.updates):
-        if len(order) < B:  # a fresh shuffle of the 64 prompts, like TRL's DataLoader(shuffle=True)
-            order.extend(rng.permutation(N_PROMPTS).tolist())
-        batch = [prompts[i] for i in order[:B]]
-        del order[:B]
-        stats = trainer.ppo_step(batch)
-        tokens += int(stats["tokens"])
-        assert stats["response_length"] == size["response"], stats["response_length"]
-        for k, v in stats["timings"].items():
-            phase[k] = phase.get(k, 0.0) + v
-        step_times.append(time.perf_counter())
-    if profiler:
-        profiler.disable()
-    seconds = time.perf_counter() - t0
-    cpu_seconds = time.process_time() - c0
-    if profiler:
-        profiler.dump_stats(args.profile)
+    with timed_loop(args.profile) as clock:
+        for _ in range(args.updates):
+            if len(order) < B:  # a fresh shuffle of the 64 prompts, like TRL's DataLoader(shuffle=True)
+                order.extend(rng.permutation(N_PROMPTS).tolist())
+            batch = [prompts[i] for i in order[:B]]
+            del order[:B]
+            stats = trainer.ppo_step(batch)
+            tokens += int(stats["tokens"])
+            assert stats["response_length"] == size["response"], stats["response_length"]
+            for k, v in stats["timings"].items():
+                phase[k] = phase.get(k, 0.0) + v
+            step_times.append(time.perf_counter())
     return dict(
-        seconds=seconds, cpu_seconds=cpu_seconds, tokens=tokens,
-        step_ends=[t - t0 for t in step_times],
-        phase_seconds={k: round(v, 4) for k, v in phase.items()}, load_start=load0,
+        seconds=clock["seconds"], cpu_seconds=clock["cpu_seconds"], tokens=tokens,
+        step_ends=[t - clock["t0"] for t in step_times],
+        phase_seconds={k: round(v, 4) for k, v in phase.items()}, load_start=clock["load_start"],
         policy_hash=state_hash(policy), initial_policy_hash=initial_hash, models_hash=models_hash,
     )
 
@@ -275,31 +288,16 @@ def run_trl(args, size: dict, nogc: bool) -> dict:
 
     trainer.add_callback(StepTimer())
     torch.set_num_threads(args.threads)
-    profiler = None
-    if args.profile:
-        import cProfile
-
-        profiler = cProfile.Profile()
-    load0 = loadavg()
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    trainer.train()
-    if profiler:
-        profiler.disable()
-    seconds = time.perf_counter() - t0
-    cpu_seconds = time.process_time() - c0
-    if profiler:
-        profiler.dump_stats(args.profile)
+    with timed_loop(args.profile) as clock:
+        trainer.train()
     if nogc:
         trl_ppo.gc = real_gc
     trl_ppo.batch_generation = real_batch_generation
     assert counted["lengths"] == {size["response"]}, counted["lengths"]
     assert len(step_times) == args.updates, (len(step_times), args.updates)
     return dict(
-        seconds=seconds, cpu_seconds=cpu_seconds, tokens=counted["tokens"],
-        step_ends=[t - t0 for t in step_times], load_start=load0,
+        seconds=clock["seconds"], cpu_seconds=clock["cpu_seconds"], tokens=counted["tokens"],
+        step_ends=[t - clock["t0"] for t in step_times], load_start=clock["load_start"],
         policy_hash=state_hash(trainer.model.policy), trl_version=trl.__version__, models_hash=models_hash,
     )
 
