@@ -130,3 +130,12 @@ def test_value_model_from_policy_keeps_what_trains(lora):
         if p.requires_grad:
             p.data.add_(1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_left_pad_matches_a_loop():
+    from ppolab.models.builders import left_pad
+
+    rows = [[5, 6, 7], [8], [9, 10]]
+    ids, mask = left_pad(rows, pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 9, 10]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]

@@ -11,6 +11,17 @@ from ..config import ModelConfig
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, L]` ids and mask, padded on the left to the longest row."""
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, L - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, L - len(r):] = 1
+    return ids, mask
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """`[B, L]` positions that start at 0 on each row's first real token (left padding safe)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

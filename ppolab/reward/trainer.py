@@ -46,6 +46,7 @@ from torch import nn
 
 from ..config.core import ConfigError, config_to_dict
 from ..io import write_json
+from ..models.builders import left_pad
 from ..models.scalar import RewardModel, reward_text
 from ..preference.losses import bradley_terry_loss
 
@@ -185,12 +186,7 @@ def tokenize_pairs_for_rm(tokenizer, pairs: Sequence[Mapping], max_length: int) 
     texts += [reward_text(p["prompt"], p["rejected"], eos) for p in pairs]
     rows = [ids[-max_length:] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    T = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
-        attention_mask[i, T - len(r):] = 1
+    input_ids, attention_mask = left_pad(rows, pad)
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 

@@ -33,7 +33,8 @@ from torch import nn
 from ..config import ConfigError, config_to_dict
 from ..io import atomic_dir, write_json
 from ..models import is_peft, load_causal_lm, load_tokenizer, position_ids_from_mask
-from .translate import _left_pad, encode_prompt, evaluate_translation, format_target
+from ..models.builders import left_pad
+from .translate import encode_prompt, evaluate_translation, format_target
 
 __all__ = [
     "SFTConfig", "encode_sft_example", "collate_sft", "tokenize_sft", "sft_loss", "warmup_linear_decay",
@@ -109,7 +110,7 @@ def collate_sft(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
 
     `labels_mask` is 1 exactly on target tokens (incl. EOS): prompt and padding are 0.
     """
-    ids, mask = _left_pad([p + t for p, t in rows], pad_id)
+    ids, mask = left_pad([p + t for p, t in rows], pad_id)
     labels_mask = torch.zeros_like(mask)
     L = ids.shape[1]
     for i, (_, t) in enumerate(rows):

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..data import build_prompt
 from ..metrics import bleu, chrf, chrf_pp
+from ..models.builders import left_pad
 
 __all__ = ["TARGET_SEPARATOR", "encode_prompt", "evaluate_translation", "format_target", "translate"]
 
@@ -50,17 +51,6 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     if not ids:
         raise ValueError(f"prompt tokenizes to nothing: {prompt!r}")
     return ids
-
-
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[B, L]` ids and mask, padded on the left to the longest row."""
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, L - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, L - len(r):] = 1
-    return ids, mask
 
 
 def _hf_generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_k, top_p, num_return_sequences):
@@ -142,7 +132,7 @@ def translate(
         for start in range(0, len(sources), batch_size):
             chunk = sources[start:start + batch_size]
             rows = [encode_prompt(tokenizer, build_prompt(s, src_lang, tgt_lang, tokenizer)) for s in chunk]
-            ids, mask = _left_pad(rows, tokenizer.pad_token_id)
+            ids, mask = left_pad(rows, tokenizer.pad_token_id)
             out = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
             )
