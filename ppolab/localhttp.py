@@ -8,6 +8,7 @@ which `host_allowed` refuses.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
@@ -84,3 +85,22 @@ def refuse_foreign_host(handler: BaseHTTPRequestHandler) -> bool:
         return False
     send(handler, HTTPStatus.MISDIRECTED_REQUEST, b"unknown Host header\n", "text/plain; charset=utf-8")
     return True
+
+
+def serve_until_interrupt(server, banner: str, exposed: str) -> None:
+    """Run `server` until Ctrl-C, warning first when it listens beyond loopback.
+
+    `banner`: the line that says what is served where; `exposed`: what anyone who can reach a
+    non-loopback address could do (there is no authentication).
+    """
+    host = str(server.server_address[0])
+    if not is_loopback(host):
+        print(f"warning: listening on {host}: anyone who can reach this address can {exposed} "
+              "(there is no authentication)", file=sys.stderr)
+    print(f"{banner}; Ctrl-C to stop", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

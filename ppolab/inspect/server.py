@@ -69,13 +69,5 @@ def make_server(run: str | os.PathLike, host: str = "127.0.0.1", port: int = 0, 
 def serve(run: str | os.PathLike, host: str = "127.0.0.1", port: int = 8001) -> None:
     """Serve the page until Ctrl-C."""
     server = make_server(run, host, port, quiet=False)
-    if not localhttp.is_loopback(host):
-        print(f"warning: listening on {host}: anyone who can reach this address can read the rollouts "
-              "(there is no authentication)", file=sys.stderr)
-    print(f"Rollout inspector on {server.url} ({rollouts_file(run)}); Ctrl-C to stop", file=sys.stderr)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    localhttp.serve_until_interrupt(server, f"Rollout inspector on {server.url} ({rollouts_file(run)})",
+                                    exposed="read the rollouts")
