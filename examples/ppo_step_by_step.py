@@ -78,7 +78,7 @@ def readable(tokenizer, ids: list[int]) -> str:
     Byte-level tokens can hold half of an Arabic letter; `token_texts` gives each letter to the
     token that completes it and shows a token holding only a letter's first byte as that byte.
     """
-    return "¦".join(token_texts(tokenizer, ids))
+    return "¦".join(text.replace("\n", "↵") for text in token_texts(tokenizer, ids))
 
 
 def distinct_share(rollout) -> float:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import re
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
 
 @functools.lru_cache(maxsize=1)
 def _byte_of_char() -> dict[str, int]:
@@ -101,4 +103,5 @@ def token_texts(tokenizer, ids: list[int]) -> list[str]:
     for t, raw in own.items():
         if not texts[t]:  # holds only the first bytes of a character the next token completes
             texts[t] = _escaped(raw)
-    return texts
+    # Control characters other than newline and tab print as nothing: show them as bytes too.
+    return [_CONTROL.sub(lambda m: _escaped(m.group().encode()), text) for text in texts]
