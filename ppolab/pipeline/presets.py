@@ -12,7 +12,8 @@ CPU_TEST = {
     "threads": 1,  # torch intra-op threads: tiny models gain little from a 2nd, and lose 10x when the CPU is busy
     "tokenizer": {"vocab_size": 2000},
     "model": {"arch": "llama", "n_layers": 3, "hidden_size": 192, "n_heads": 4, "n_kv_heads": 2,
-              "intermediate_size": 512, "max_position_embeddings": 256, "lora": False},
+              "intermediate_size": 512, "max_position_embeddings": 256, "lora": False,
+              "value_init": "reward"},
     "sft": {"epochs": 8, "lr": 1e-3, "batch_size": 16, "max_length": 160, "eval_limit": 40},
     "synth": {"n_sources": 300, "candidates_per_source": 6, "min_gap": 0.05, "max_pairs_per_source": 3,
               "pair_strategy": "all_above_threshold", "max_new_tokens": 48, "batch_size": 50},
@@ -56,7 +57,7 @@ PRODUCTION = copy.deepcopy(RESEARCH)
 PRODUCTION.update({"device": "cuda"})
 PRODUCTION["model"] = {"policy_path": "/models/gemma-2-2b-it", "reward_path": None, "lora": True,
                        "lora_r": 16, "lora_alpha": 32, "dtype": "bfloat16", "gradient_checkpointing": True,
-                       "load_in_4bit": False}
+                       "load_in_4bit": False, "value_init": "shared"}
 PRODUCTION["sft"].update({"epochs": 2, "lr": 2e-4, "batch_size": 16, "max_length": 256})
 PRODUCTION["ppo"].update({"lr": 1e-5, "max_new_tokens": 96})
 

@@ -20,7 +20,7 @@ from ..config import GenerationConfig, ModelConfig, PPOConfig
 from ..data import build_prompt, load_shipped_corpus
 from ..io import atomic_open
 from ..metrics import sentence_chrf
-from ..models import Reference, RewardModel, ValueModel, build_tiny_causal_lm, build_tokenizer, load_causal_lm
+from ..models import Reference, RewardModel, build_tiny_causal_lm, build_tokenizer, build_value_model, load_causal_lm
 from ..sft.translate import TARGET_SEPARATOR, evaluate_translation, translate
 from .run import Run
 
@@ -51,6 +51,11 @@ def _bucket(key: str, fraction: float) -> bool:
     return (zlib.crc32(key.encode("utf-8")) % 10_000) < fraction * 10_000
 
 
+def _model_config(cfg: dict) -> ModelConfig:
+    """The run's model settings (dtype, LoRA, quantisation, checkpointing, value init) for every stage."""
+    return ModelConfig(**{k: v for k, v in cfg["model"].items() if k in _fields(ModelConfig)}, seed=cfg["seed"])
+
+
 def _test_examples(cfg: dict):
     test = _split(cfg, "test")
     limit = cfg["eval"].get("test_limit")
@@ -67,11 +72,13 @@ def stage_sft(run: Run, cfg: dict) -> dict:
     from ..sft import SFTConfig, train_sft
 
     train, valid = _split(cfg, "train"), _split(cfg, "valid")
-    mcfg = ModelConfig(**{k: v for k, v in cfg["model"].items() if k in _fields(ModelConfig)}, seed=cfg["seed"])
+    mcfg = _model_config(cfg)
     if mcfg.policy_path:
-        from ..models import load_tokenizer
+        from ..models import load_tokenizer, wrap_lora
 
         tok, model = load_tokenizer(mcfg.policy_path), load_causal_lm(mcfg.policy_path, mcfg)
+        if mcfg.lora:  # LoRA SFT; save_sft merges the adapter, so later stages load a plain model
+            model = wrap_lora(model, mcfg)
     else:
         texts = [t for ex in train for t in (ex.source, ex.target)]
         tok = build_tokenizer(texts, vocab_size=cfg["tokenizer"]["vocab_size"])
@@ -87,10 +94,10 @@ def stage_sft(run: Run, cfg: dict) -> dict:
     return result
 
 
-def _load_policy(path: Path):
+def _load_policy(path: Path, cfg: dict | None = None):
     from ..sft import load_sft
 
-    return load_sft(path)
+    return load_sft(path, _model_config(cfg) if cfg is not None else None)
 
 
 # -- synthetic preferences -------------------------------------------------------------------------
@@ -98,7 +105,7 @@ def stage_synth(run: Run, cfg: dict) -> dict:
     from ..metrics import CombinedMetric
     from ..synthetic import SynthConfig, generate_synthetic_preferences
 
-    model, tok = _load_policy(run / "sft")
+    model, tok = _load_policy(run / "sft", cfg)
     model.eval()
     examples = _split(cfg, "train")
     random.Random(cfg["seed"]).shuffle(examples)
@@ -137,7 +144,7 @@ def reference_pairs(pairs: list[dict]) -> list[dict]:
 
 def _sft_samples(run: Run, cfg: dict, n: int) -> tuple[list[str], list[str]]:
     """n samples of the SFT policy on training sources (for the reward normalisation)."""
-    model, tok = _load_policy(run / "sft")
+    model, tok = _load_policy(run / "sft", cfg)
     model.eval()
     examples = _split(cfg, "train")
     random.Random(cfg["seed"] + 1).shuffle(examples)
@@ -182,7 +189,7 @@ def stage_reward_model(run: Run, cfg: dict) -> dict:
     val_reference = reference_pairs([p for p in pairs if _bucket(p["source"], frac)])
     if cfg["reward_model"].get("reference_pairs", False):
         train += reference_pairs([p for p in pairs if not _bucket(p["source"], frac)])
-    sft, tok = _load_policy(run / "sft")
+    sft, tok = _load_policy(run / "sft", cfg)
     rcfg = RewardTrainConfig(**{k: v for k, v in cfg["reward_model"].items() if k in _fields(RewardTrainConfig)})
     model = build_reward_model(sft, tok, rcfg)
     del sft
@@ -211,19 +218,19 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     from ..sft.trainer import save_sft
 
     p = {**cfg["ppo"], **(overrides or {})}
-    policy, tok = _load_policy(policy_dir)
-    mcfg = cfg["model"]
-    if mcfg.get("lora"):
+    policy, tok = _load_policy(policy_dir, cfg)
+    mcfg = _model_config(cfg)
+    if mcfg.lora:
         from ..models import wrap_lora
 
-        policy = wrap_lora(policy, ModelConfig(**{k: v for k, v in mcfg.items() if k in _fields(ModelConfig)}))
+        policy = wrap_lora(policy, mcfg)
     # The reference is the policy this stage starts from: the SFT model for the cold start, the
     # cold-start policy for the final stage (iterated RLHF, as in Llama 2). With LoRA it is the
     # same weights with the adapter off; otherwise a frozen copy.
     ref = Reference(policy)
-    reward = RewardModel.load(reward_dir).eval()
-    reward.tokenizer = tok  # same vocabulary (saved from the same tokenizer): score token ids directly
-    value = ValueModel.from_reward_model(reward)
+    reward = RewardModel.load(reward_dir, mcfg).eval()
+    reward.tokenizer = tok  # saved from the same tokenizer
+    value = build_value_model(policy, reward, mcfg.value_init, mcfg.value_head_hidden)
     pcfg = PPOConfig(**{k: v for k, v in p.items() if k in _fields(PPOConfig)} | {"lr": lr, "seed": cfg["seed"]})
     gcfg = GenerationConfig(max_new_tokens=p["max_new_tokens"], temperature=p["temperature"])
     trainer = PPOTrainer(pcfg, policy, ref, value, reward, tok, gcfg)
@@ -333,9 +340,9 @@ def stage_feedback(run: Run, cfg: dict) -> dict:
     random.Random(cfg["seed"] + 2).shuffle(examples)
     examples = examples[: f["items"]]
     if store.stats()["items"] == 0:
-        policy, tok = _load_policy(run / "ppo_model_coldstart")
+        policy, tok = _load_policy(run / "ppo_model_coldstart", cfg)
         policy.eval()
-        reward = RewardModel.load(run / "reward_model_coldstart").eval()
+        reward = RewardModel.load(run / "reward_model_coldstart", _model_config(cfg)).eval()
         ranked = _candidates(policy, tok, reward, examples, f["candidates"], cfg["ppo"]["max_new_tokens"])
         store.add_items([{"source": ex.source, "direction": ex.direction, "reference": ex.target,
                           "candidates": [(t, s) for t, s in cands], "model_version": "ppo_model_coldstart"}
@@ -364,7 +371,7 @@ def stage_reward_model_human(run: Run, cfg: dict) -> dict:
     human = [json.loads(line) for line in open(run / "human_preferences.jsonl", encoding="utf-8") if line.strip()]
     if not human:
         raise RuntimeError(f"{run / 'human_preferences.jsonl'}: no human pairs to train on")
-    tok_model = RewardModel.load(run / "reward_model_coldstart")
+    tok_model = RewardModel.load(run / "reward_model_coldstart", _model_config(cfg))
     tok = tok_model.tokenizer
 
     def to_pair(p):

@@ -191,12 +191,16 @@ def save_sft(model: nn.Module, tokenizer, path: str | Path, extra: dict | None =
     return Path(path)
 
 
-def load_sft(out_dir: str | Path):
-    """`(model, tokenizer)` from a `train_sft` out_dir (its `final/`) or from a model folder itself."""
-    path = Path(out_dir)
+def load_sft(out_dir: str | Path, model_config=None):
+    """`(model, tokenizer)` from a `train_sft` out_dir (its `final/`), a model folder itself, or a
+    known pretrained name (`gemma3-270m`). `model_config` (a `ModelConfig`) sets dtype, quantisation
+    and gradient checkpointing of the load; LoRA is the caller's to add."""
+    from ..models.pretrained import resolve_model_path
+
+    path = Path(resolve_model_path(out_dir))
     for candidate in (path / "final", path):
         if (candidate / "config.json").is_file():
-            return load_causal_lm(str(candidate)).eval(), load_tokenizer(str(candidate))
+            return load_causal_lm(str(candidate), model_config).eval(), load_tokenizer(str(candidate))
     raise FileNotFoundError(
         f"no SFT checkpoint at {path}: expected {path / 'final' / 'config.json'} or {path / 'config.json'} "
         "(train_sft writes one when given out_dir)"

@@ -45,7 +45,9 @@ def response_logprobs(
         use_cache=False,
         logits_to_keep=n_response + 1,  # the LM head runs on response positions only
     )
-    logits = out.logits[:, :-1].float() / temperature  # position t-1 predicts token t
+    # Slice here too: a model that ignores `logits_to_keep` returns every position, and reading
+    # those from the left would score prompt positions without any error.
+    logits = out.logits[:, -n_response - 1 : -1].float() / temperature  # position t-1 predicts token t
     logp_all = F.log_softmax(logits, dim=-1)
     targets = input_ids[:, -n_response:]
     logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
