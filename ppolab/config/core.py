@@ -81,6 +81,9 @@ class GenerationConfig:
     top_p: float = 1.0  # 1.0: off
     max_prompt_length: int = 256  # longer prompts are an error, not silently truncated
     stop_at_eos: bool = True  # False samples exactly max_new_tokens (benchmarks)
+    # Few-shot prompts of base models put one answer per line: a token containing a newline then
+    # ends the response as EOS does (masked after it, `has_eos` true, the text cut before it).
+    stop_at_newline: bool = False
     # The rollout's policy log-probs: taken from the sampling loop's logits (True), or recomputed by
     # one more policy forward over prompt + response (False). None: taken at sampling when the logits
     # are fp32, where the two agree to ~1e-6; recomputed in bf16/fp16, where cached decoding and a

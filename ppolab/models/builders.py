@@ -148,7 +148,11 @@ def load_tokenizer(path: str):
 
     from .pretrained import resolve_model_path
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    from .tokenizer import read_prompt_format
+
+    path = resolve_model_path(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.ppolab_prompt_format = read_prompt_format(path)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

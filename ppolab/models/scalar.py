@@ -10,6 +10,7 @@ from torch import nn
 
 from ..io import atomic_dir, write_json
 from .builders import base_trunk, disable_dropout, position_ids_from_mask
+from .tokenizer import save_prompt_format
 
 
 class ScalarHead(nn.Module):
@@ -166,6 +167,7 @@ class RewardModel(ScalarModel):
             self.backbone.save_pretrained(tmp / "backbone")
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp / "backbone")
+                save_prompt_format(self.tokenizer, tmp / "backbone")
             state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
             save_file(state, str(tmp / "head.safetensors"))
             write_json(tmp / "reward_config.json", {

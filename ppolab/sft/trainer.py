@@ -33,6 +33,7 @@ from torch import nn
 from ..config import ConfigError, config_to_dict
 from ..io import atomic_dir, write_json
 from ..models import is_peft, load_causal_lm, load_tokenizer, position_ids_from_mask
+from ..models.tokenizer import save_prompt_format
 from ..models.builders import left_pad
 from .translate import encode_prompt, evaluate_translation, format_target
 
@@ -186,6 +187,7 @@ def save_sft(model: nn.Module, tokenizer, path: str | Path, extra: dict | None =
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        save_prompt_format(tokenizer, tmp)
         for name, data in (extra or {}).items():
             write_json(tmp / name, data)
     return Path(path)
