@@ -34,6 +34,7 @@ from ..config import ConfigError, config_to_dict
 from ..io import atomic_dir, write_json
 from ..models import is_peft, load_causal_lm, load_tokenizer, position_ids_from_mask
 from ..models.tokenizer import save_prompt_format
+from ..models.vocab_trim import apply_vocab_trim
 from ..models.builders import left_pad
 from .translate import encode_prompt, evaluate_translation, format_target
 
@@ -202,7 +203,8 @@ def load_sft(out_dir: str | Path, model_config=None):
     path = Path(resolve_model_path(out_dir))
     for candidate in (path / "final", path):
         if (candidate / "config.json").is_file():
-            return load_causal_lm(str(candidate), model_config).eval(), load_tokenizer(str(candidate))
+            model, tok = load_causal_lm(str(candidate), model_config).eval(), load_tokenizer(str(candidate))
+            return apply_vocab_trim(model, tok, getattr(model_config, "vocab_trim", None)), tok
     raise FileNotFoundError(
         f"no SFT checkpoint at {path}: expected {path / 'final' / 'config.json'} or {path / 'config.json'} "
         "(train_sft writes one when given out_dir)"
