@@ -56,7 +56,10 @@ def cmd_demo(args) -> int:
     print(json.dumps(report, indent=2))
     for what, ok, measured in targets(report):
         print(f"  [{'ok' if ok else 'MISSED'}] {what}: {measured}")
-    print(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s this invocation)")
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s this invocation, peak RSS {peak_mb:.0f} MB)")
     return 0
 
 
