@@ -60,6 +60,8 @@ def cmd_demo(args) -> int:
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     print(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s this invocation, peak RSS {peak_mb:.0f} MB)")
+    if (run / "rollouts.jsonl").exists():
+        print(f"PPO token by token: ppolab inspect --run {args.out}")
     return 0
 
 
