@@ -156,3 +156,34 @@ def test_bad_lines_name_the_file_and_line(tmp_path):
         load_rollouts(path)
     with pytest.raises(FileNotFoundError, match="no such rollouts file"):
         load_rollouts(tmp_path / "missing")
+
+
+def test_prompts_recorded_before_are_recorded_again(tmp_path):
+    """Sampled batches: rows whose prompt has a history come first, so one prompt can be followed."""
+    path = tmp_path / "rollouts.jsonl"
+    rec = RolloutRecorder(path, per_step=2, stage="s")
+    assert rec.select(1, ["a", "b", "c", "d"]) == [0, 1]
+    rec._seen.update(["a", "b"])  # what record() remembers after writing step 1
+    assert rec.select(2, ["x", "b", "y", "a"]) == [1, 3]
+    assert rec.select(3, ["x", "y", "b", "z"]) == [0, 2]  # one with a history, then the first row
+    assert RolloutRecorder(path, per_step=0).select(1, ["a"]) == []
+
+    # Through the trainer, and across a restart: the history is read back from the file.
+    t = make_trainer(RolloutRecorder(path, per_step=2, stage="t"))
+    t.ppo_step(PROMPTS * 2)  # records rows 0, 1: PROMPTS[0], PROMPTS[1]
+    shuffled = [PROMPTS[2], PROMPTS[3], PROMPTS[1], PROMPTS[2], PROMPTS[0], PROMPTS[3], PROMPTS[2], PROMPTS[3]]
+    resumed = RolloutRecorder(path, per_step=2, stage="t")
+    t.recorder = resumed
+    rollout = t.rollout(shuffled)
+    exp = t.make_experience(rollout)
+    t.finish_step(rollout, exp, t.update(exp))
+    (s,) = [s for s in load_rollouts(path) if s.step == 2]
+    assert s.prompts == [PROMPTS[1], PROMPTS[0]]
+    assert [r["index"] for r in read_records(path)[1] if r["step"] == 2] == [2, 4]
+    # The numbers are those of batch rows 2 and 4, the new log-probs too.
+    rows = torch.tensor([2, 4])
+    with torch.no_grad():
+        new = response_logprobs(t.policy, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.mask.shape[1])
+    T = s.mask.shape[1]
+    for name, x in {"logprob": rollout.logprobs[rows], "advantage": exp["advantages"][rows], "new_logprob": new}.items():
+        torch.testing.assert_close(s.tokens[name][s.mask], x[:, :T][s.mask].float(), rtol=2e-6, atol=2e-6, msg=name)

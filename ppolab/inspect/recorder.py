@@ -68,31 +68,42 @@ class RolloutRecorder:
         if per_step < 0:
             raise ValueError(f"RolloutRecorder: per_step must be >= 0, got {per_step}")
         self.path, self.per_step, self.stage = Path(path), int(per_step), str(stage)
-        self._checked_resume = False
+        self._opened = False
+        self._seen: set[str] = set()  # prompts recorded at earlier steps of this stage
 
-    def rows(self, batch_size: int) -> int:
-        """How many rows of a batch of `batch_size` to record (the first ones)."""
-        return min(self.per_step, batch_size)
+    def select(self, step: int, prompts: list[str]) -> list[int]:
+        """The rows of step `step`'s batch to record: at most `per_step`, in batch order.
+
+        Rows whose prompt was recorded at an earlier step come first, so the page can show one
+        prompt across steps even when batches are sampled; the choice looks at prompts only, never
+        at what the policy answered, so the sample stays unbiased. Then the first rows.
+        """
+        if self.per_step == 0:
+            return []
+        self._open(int(step))
+        again = [i for i, p in enumerate(prompts) if p in self._seen]
+        new = [i for i, p in enumerate(prompts) if p not in self._seen]
+        return sorted((again + new)[: self.per_step])
 
     def record(self, step: int, rollout, experience: dict, new_logprobs: torch.Tensor, stats: dict,
-               tokenizer, clip_eps: float) -> None:
-        """Append step `step`: its means and the first `k = rows(B)` rollouts.
+               tokenizer, clip_eps: float, rows: list[int]) -> None:
+        """Append step `step`: its means and the rollouts of batch rows `rows` (from `select`).
 
         rollout: a `Rollout` (prompts, response_ids, mask, logprobs, ref_logprobs `[B, T]`, has_eos `[B]`).
         experience: the trainer's dict of `[B, T]` tensors (kl, rewards, advantages; values and
         returns when there is a value model) and scores `[B]`.
-        new_logprobs: `[k, T]` log-probs of the first k responses under the updated policy.
+        new_logprobs: `[k, T]` log-probs of the k = len(rows) responses under the updated policy.
         stats: the step's statistics (means and `kl_coef`, the coefficient its rewards used).
         """
-        k = self.rows(len(rollout))
-        if k == 0:
+        if not rows:
             return
         lines = [{"type": "step", "stage": self.stage, "step": int(step), "clip_eps": clip_eps,
                   "means": {name: _number(stats[name]) for name in STEP_MEANS
                             if isinstance(stats.get(name), (int, float))}}]
-        lines += [self._rollout_line(step, i, rollout, experience, new_logprobs, stats, tokenizer, clip_eps)
-                  for i in range(k)]
-        self._drop_redone_steps(int(step))
+        lines += [self._rollout_line(step, i, rollout, experience, new_logprobs[j], stats, tokenizer, clip_eps)
+                  for j, i in enumerate(rows)]
+        self._open(int(step))
+        self._seen.update(rollout.prompts[i] for i in rows)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
@@ -100,14 +111,15 @@ class RolloutRecorder:
             os.fsync(f.fileno())
 
     def _rollout_line(self, step, i, rollout, experience, new_logprobs, stats, tokenizer, clip_eps) -> dict:
+        """Row i of the batch; `new_logprobs` `[T]` is that row's, after the update."""
         n = int(rollout.mask[i].sum())
         ids = rollout.response_ids[i, :n].tolist()
         full = {"logprob": rollout.logprobs, "ref_logprob": rollout.ref_logprobs, "kl": experience["kl"],
                 "value": experience.get("values"), "reward": experience["rewards"],
-                "advantage": experience.get("advantages"), "return": experience.get("returns"),
-                "new_logprob": new_logprobs}
+                "advantage": experience.get("advantages"), "return": experience.get("returns")}
         # A quantity this estimator does not compute (no value model: no value, no return) stays absent.
         cols = {name: x[i, :n].float() for name, x in full.items() if x is not None}
+        cols["new_logprob"] = new_logprobs[:n].float()
         cols["reward_kl"] = -float(stats["kl_coef"]) * cols["kl"]  # the KL part of the reward
         cols["reward_score"] = cols["reward"] - cols["reward_kl"]  # the rest: the score at the last token
         cols["ratio"] = torch.exp(cols["new_logprob"] - cols["logprob"])
@@ -119,16 +131,18 @@ class RolloutRecorder:
                 "score": _number(float(experience["scores"][i])), "eos": bool(rollout.has_eos[i]),
                 "tokens": tokens}
 
-    def _drop_redone_steps(self, step: int) -> None:
-        """Before the first write: remove this stage's lines at `step` or later (a resumed run redoes them)."""
-        if self._checked_resume:
+    def _open(self, step: int) -> None:
+        """Once, before the first write: remove this stage's lines at `step` or later (a resumed run
+        redoes them) and remember the prompts recorded before."""
+        if self._opened:
             return
-        self._checked_resume = True
+        self._opened = True
         if not self.path.exists():
             return
         text = self.path.read_text(encoding="utf-8")
         records = [r for _, r in read_lines(self.path, text)]
         keep = [r for r in records if not (r.get("stage") == self.stage and int(r.get("step", 0)) >= step)]
+        self._seen = {r["prompt"] for r in keep if r.get("stage") == self.stage and "prompt" in r}
         torn = bool(text) and not text.endswith("\n")  # appending to a torn line would corrupt the next
         if len(keep) != len(records) or torn:
             with atomic_open(self.path) as f:

@@ -216,16 +216,17 @@ class PPOTrainer:
     def _record(self, rollout: Rollout, experience: dict, stats: dict) -> None:
         """Hand the recorder the step's tensors, with the recorded rows' log-probs after the update.
 
-        One extra no-grad policy forward over just those k rows: the update's own log-probs are of
+        One extra no-grad policy forward over just the recorded rows: the update's own log-probs are of
         shuffled minibatches before each optimizer step, not of the final policy.
         """
-        k = self.recorder.rows(len(rollout))
-        if k == 0:
+        rows = self.recorder.select(self.steps_done, rollout.prompts)
+        if not rows:
             return
-        new_logprobs = response_logprobs(self.policy, rollout.input_ids[:k], rollout.attention_mask[:k],
+        idx = torch.tensor(rows, device=rollout.mask.device)
+        new_logprobs = response_logprobs(self.policy, rollout.input_ids[idx], rollout.attention_mask[idx],
                                          rollout.mask.shape[1], self.generation.temperature)
         self.recorder.record(self.steps_done, rollout, experience, new_logprobs, stats, self.tokenizer,
-                             clip_eps=self.config.clip_eps)
+                             clip_eps=self.config.clip_eps, rows=rows)
 
     def _update(self, buffer: ExperienceBuffer, n_response: int) -> dict:
         """PPO epochs over shuffled minibatches; each optimizer step accumulates micro-batches."""
