@@ -1,9 +1,10 @@
 """RolloutRecorder: appends a bounded sample of each PPO step's rollouts, token by token, to a JSONL file.
 
-The trainer hands it the tensors it already has at the end of a step; the recorder turns the
-first `per_step` rows into lines. One file holds the steps of several stages (`stage` field).
-Per step it writes one `{"type": "step", ...}` line of batch means and `min(per_step, B)` lines
-`{"type": "rollout", ...}`, each with one list per token column:
+The trainer asks which rows to record (`select`: at most `per_step`), then hands it the tensors
+it already has at the end of the step. One file holds the steps of several stages (`stage`
+field). Per step it writes one `{"type": "step", ...}` line of batch means and one
+`{"type": "rollout", ...}` line per recorded row (prompt, response, score, eos, index in the
+batch), with one list per token column:
 
     id, text, logprob, ref_logprob, kl, value, reward, reward_kl, reward_score,
     advantage, return, new_logprob, ratio, clipped
