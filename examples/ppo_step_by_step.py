@@ -168,7 +168,7 @@ def run(name: str, settings: dict, args, out: Path, verbose: bool) -> dict:
 def verdict(name: str, f: dict) -> None:
     ok = lambda good: "ok" if good else "UNHEALTHY"  # noqa: E731
     print(f"\n{name}: score {f['first_score']:.2f} -> {f['score']:.2f} (mean of the last 5 steps)")
-    print(f"  clip fraction {f['clipfrac']:6.2f}  [{ok(0.05 <= f['clipfrac'] <= 0.35)}] healthy 0.1-0.3 (mean over the run)")
+    print(f"  clip fraction {f['clipfrac']:6.2f}  [{ok(0.1 <= f['clipfrac'] <= 0.3)}] healthy 0.1-0.3 (mean over the run)")
     print(f"  approx KL     {f['approx_kl']:6.3f}  [{ok(f['approx_kl'] <= 0.05)}] healthy below ~0.05 per update")
     print(f"  KL per seq    {f['kl']:6.1f}  [{ok(f['kl'] <= 12)}] healthy near the target of 4 nats, not tens")
     print(f"  entropy       {f['entropy']:6.2f}  [{ok(f['entropy'] >= 1)}] healthy falls slowly; near 0 = one choice left")
