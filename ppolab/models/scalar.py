@@ -63,6 +63,11 @@ class ScalarModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head_outputs(input_ids, attention_mask) @ self.head_weights
 
+    def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`[B, T]` from the backbone's last hidden states `[B, T, H]`: what `forward` computes after
+        its backbone pass (a fused pass that already ran the trunk reads its values here)."""
+        return self.head(hidden.float()) @ self.head_weights
+
     def score_last(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_head: bool = False):
         """`[B]` at the last non-pad token of each row (`[B, n_heads]` with per_head)."""
         outs = self.head_outputs(input_ids, attention_mask)

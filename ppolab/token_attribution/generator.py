@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import GenerationConfig
 from ..models.builders import position_ids_from_mask
+from .logprobs import fuses_with, logprobs_and_values, output_head, response_logprobs
 from .rollout import Rollout
 
 
@@ -25,39 +26,6 @@ def response_mask(response_ids: torch.Tensor, eos_token_id) -> tuple[torch.Tenso
     # Tokens strictly after the first EOS: the running count of EOS seen before this position is > 0.
     eos_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     return (~eos_before).long(), is_eos.any(-1)
-
-
-def response_logprobs(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    n_response: int,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-):
-    """Log-probs `[B, T]` of the last `n_response` tokens of `input_ids` `[B, P + T]`, in one forward.
-
-    Logits are divided by the sampling temperature first, so these are the log-probs of the
-    distribution the tokens were drawn from (before top-k/top-p truncation, as in TRL).
-    With `with_entropy`, also returns the per-token entropy `[B, T]` of that distribution.
-    """
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-        logits_to_keep=n_response + 1,  # the LM head runs on response positions only
-    )
-    # Slice here too: a model that ignores `logits_to_keep` returns every position, and reading
-    # those from the left would score prompt positions without any error.
-    logits = out.logits[:, -n_response - 1 : -1].float() / temperature  # position t-1 predicts token t
-    logp_all = F.log_softmax(logits, dim=-1)
-    targets = input_ids[:, -n_response:]
-    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    if not with_entropy:
-        return logprobs
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprobs, entropy
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -145,31 +113,46 @@ class SequenceGenerator:
         device = next(self.policy.parameters()).device
         return padded["input_ids"].to(device), padded["attention_mask"].to(device)
 
-    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`[B, T]` sampled response ids, and their log-probs `[B, T]` (or None): a decoding loop over the KV cache.
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+        """`[B, T]` sampled response ids, their log-probs `[B, T]` (or None) and values `[B, T]` (or
+        None): a decoding loop over the KV cache.
 
         Written out instead of calling `generate()`: at RLHF batch sizes on small models the
         per-token bookkeeping of `generate()` costs as much as the model itself. Rows that have
         emitted EOS keep sampling junk that `score()` masks; the loop stops once every row is done.
         The log-probs come from the logits each token was drawn from (see
-        `GenerationConfig.logprobs_from_sampling`); None when they are to be recomputed.
+        `GenerationConfig.logprobs_from_sampling`); None when they are to be recomputed. With a
+        value head on the policy's trunk (`fuses_with`), the loop runs the trunk and both heads
+        itself, and V(s_t) comes from the hidden state token t is drawn from: no value pass after.
         """
         c = self.config
         stop = self.stop_ids.to(prompt_ids.device) if self.stop_ids is not None else None
+        fused = self.value_model is not None and fuses_with(self.policy, self.value_model)
+        if fused:
+            trunk, head, value = self.value_model.backbone, output_head(self.policy), self.value_model
+
+            def forward(**kw):  # the policy's forward split at its last hidden state, as the policy computes it
+                out = trunk(**kw)
+                h = out.last_hidden_state[:, -1:]
+                return head(h)[:, -1], value.values_from_hidden(h)[:, -1], out
+        else:
+            def forward(**kw):
+                out = self.policy(**kw, logits_to_keep=1)
+                return out.logits[:, -1], None, out
+
         mask = prompt_mask.clone()
         positions = position_ids_from_mask(mask)
-        out = self.policy(input_ids=prompt_ids, attention_mask=mask, position_ids=positions,
-                          use_cache=True, logits_to_keep=1)
+        logits, v, out = forward(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         keep_logprobs = c.logprobs_from_sampling
         if keep_logprobs is None:
-            keep_logprobs = _lm_head_dtype(self.policy, out.logits) == torch.float32
+            keep_logprobs = _lm_head_dtype(self.policy, logits) == torch.float32
         next_pos = positions[:, -1:] + 1
         finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-        tokens, logprobs = [], []
+        tokens, logprobs, values = [], [], []
         for _ in range(c.max_new_tokens):
-            logits = out.logits[:, -1]
             token = sample_next_token(logits, c.temperature, c.top_k, c.top_p)
             tokens.append(token)
+            values.append(v)
             if keep_logprobs:  # of the untruncated distribution at the temperature, as when recomputed
                 logp = F.log_softmax(logits.float() / c.temperature, dim=-1)
                 logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
@@ -180,10 +163,14 @@ class SequenceGenerator:
             if len(tokens) == c.max_new_tokens:
                 break
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            out = self.policy(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
-                              use_cache=True, **kv_cache_kwargs(out))
+            logits, v, out = forward(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
+                                     use_cache=True, **kv_cache_kwargs(out))
             next_pos = next_pos + 1
-        return torch.stack(tokens, dim=1), (torch.stack(logprobs, dim=1) if keep_logprobs else None)
+        # Values from the cached decode only alongside its log-probs: where those are recomputed
+        # (bf16), the values come from that same full forward instead.
+        keep_values = fused and keep_logprobs
+        return (torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1) if keep_logprobs else None,
+                torch.stack(values, dim=1) if keep_values else None)
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> Rollout:
@@ -193,17 +180,19 @@ class SequenceGenerator:
         self.policy.eval()
         try:
             with timed(self.timings, "generate"):
-                response, logprobs = self.sample(prompt_ids, prompt_mask)
-            return self.score(list(prompts), prompt_ids, prompt_mask, response, logprobs)
+                response, logprobs, values = self.sample(prompt_ids, prompt_mask)
+            return self.score(list(prompts), prompt_ids, prompt_mask, response, logprobs, values)
         finally:
             self.policy.train(was_training)
 
     @torch.no_grad()
-    def score(self, prompts, prompt_ids, prompt_mask, response, logprobs=None) -> Rollout:
+    def score(self, prompts, prompt_ids, prompt_mask, response, logprobs=None, values=None) -> Rollout:
         """Build the Rollout of given responses `[B, T]`: mask after EOS, then one forward per model.
 
         `logprobs` `[B, T]`: the policy's log-probs of `response` if already known (from sampling);
-        else the policy scores the responses in one forward too.
+        else the policy scores the responses in one forward too. `values` `[B, T]` likewise (from
+        sampling with a value head on the policy's trunk); else the value model scores them, in the
+        policy's forward when it shares its trunk and that forward runs, else in one of its own.
         """
         mask, has_eos = response_mask(response, self.stop_ids)
         T = max(int(mask.sum(-1).max()), 1)  # drop columns that are padding in every row
@@ -212,19 +201,24 @@ class SequenceGenerator:
         input_ids = torch.cat([prompt_ids, response], 1)
         attention_mask = torch.cat([prompt_mask, mask.to(prompt_mask.dtype)], 1)
         temp = self.config.temperature
+        if values is not None:
+            values = values[:, :T]
+        elif self.value_model is None:
+            values = torch.zeros(mask.shape, device=mask.device)
         if logprobs is not None:
             logprobs = logprobs[:, :T].float().masked_fill(mask == 0, 0.0)
+        elif values is None and fuses_with(self.policy, self.value_model):
+            with timed(self.timings, "policy_value_forward"):  # one trunk pass for both
+                logprobs, values = logprobs_and_values(self.policy, self.value_model, input_ids, attention_mask, T, temp)
         else:
             with timed(self.timings, "policy_forward"):
                 logprobs = response_logprobs(self.policy, input_ids, attention_mask, T, temp)
         ref = self.reference if self.reference is not None else self.policy
         with timed(self.timings, "ref_forward"):
             ref_logprobs = response_logprobs(ref, input_ids, attention_mask, T, temp)
-        with timed(self.timings, "value_forward"):
-            if self.value_model is not None:
+        if values is None:
+            with timed(self.timings, "value_forward"):
                 values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1]  # V(s_t) sits before a_t
-            else:
-                values = torch.zeros_like(logprobs)
         texts = self.tokenizer.batch_decode(response.masked_fill(response == self.tokenizer.eos_token_id,
                                                                  self.tokenizer.pad_token_id),
                                             skip_special_tokens=True)

@@ -1,0 +1,201 @@
+"""One trunk pass for log-probs and values, chunked log-softmax: equal to the slow obvious versions."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ppolab.token_attribution.logprobs as lp_mod
+from ppolab.config import GenerationConfig
+from ppolab.models import Reference, ValueModel, base_trunk, value_head_on_policy
+from ppolab.models.builders import position_ids_from_mask
+from ppolab.models.vocab_trim import trim_output_vocabulary
+from ppolab.ppo.losses import clipped_policy_loss, clipped_value_loss
+from ppolab.token_attribution import SequenceGenerator, logprobs_and_values, response_logprobs
+from ppolab.token_attribution.logprobs import output_head, token_logprobs
+from tests.helpers import tiny_policy, tiny_tokenizer
+
+T = 5
+SETUPS = [(arch, lora) for arch in ("llama", "gemma2") for lora in (False, True)]
+
+
+def batch(seed=0, B=3, P=4, V=512):
+    """Left-padded prompts, then responses with right padding: `[B, P + T]` ids and mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, V, (B, P + T), generator=g)
+    mask = torch.ones(B, P + T, dtype=torch.long)
+    mask[1, :2] = 0  # a shorter prompt
+    mask[2, -2:] = 0  # a response that ended early
+    return ids, mask
+
+
+def slow_logprobs(model, ids, mask, n, temperature=1.0):
+    """The obvious version: every position's full logits, log_softmax, gather; entropy from p."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    logp = F.log_softmax(logits[:, -n - 1 : -1].float() / temperature, -1)
+    return logp.gather(-1, ids[:, -n:, None])[..., 0], -(logp.exp() * logp).sum(-1)
+
+
+def nonzero_value_head(value, seed=1):
+    """A fresh shared head starts at V = 0 (no gradient reaches the trunk through it): randomise it."""
+    torch.manual_seed(seed)
+    for p in value.head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return value
+
+
+def grads(params):
+    return [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("arch,lora", SETUPS)
+@pytest.mark.parametrize("trim", [False, True])
+def test_split_head_gives_the_models_own_logits(arch, lora, trim):
+    policy = tiny_policy(arch, lora=lora)
+    if trim:
+        trim_output_vocabulary(policy.get_base_model() if lora else policy, range(0, 512, 3))
+    ids, mask = batch()
+    head = output_head(policy)
+    assert head is not None
+    with torch.no_grad():
+        expected = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+        hidden = base_trunk(policy)(input_ids=ids, attention_mask=mask,
+                                    position_ids=position_ids_from_mask(mask)).last_hidden_state
+        assert torch.allclose(head(hidden), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 10_000])  # one row, a ragged last chunk, one chunk
+@pytest.mark.parametrize("arch,lora", SETUPS)
+def test_chunked_logprobs_and_entropy_equal_full_log_softmax_with_gradients(monkeypatch, arch, lora, chunk_rows):
+    monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
+    policy = tiny_policy(arch, lora=lora)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    ids, mask = batch()
+    w = torch.randn(3, T)  # arbitrary weights so every position's gradient counts
+
+    got_lp, got_ent = response_logprobs(policy, ids, mask, T, 0.7, with_entropy=True)
+    ((got_lp * w).sum() + (got_ent * w).sum()).backward()
+    got_grads = grads(params)
+    policy.zero_grad()
+    exp_lp, exp_ent = slow_logprobs(policy, ids, mask, T, 0.7)
+    ((exp_lp * w).sum() + (exp_ent * w).sum()).backward()
+
+    assert torch.allclose(got_lp, exp_lp, atol=1e-5) and torch.allclose(got_ent, exp_ent, atol=1e-5)
+    for g, e in zip(got_grads, grads(params)):
+        assert torch.allclose(g, e, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 10_000])
+def test_chunked_logprobs_of_given_logits(monkeypatch, chunk_rows):
+    """The path for models whose head we don't split: logits in, chunked log-softmax."""
+    monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 50 * chunk_rows)
+    logits = (torch.randn(3, 7, 50) * 3).requires_grad_()
+    targets = torch.randint(0, 50, (3, 7))
+    lp, ent = token_logprobs(logits, targets, 1.3, with_entropy=True)
+    (lp.sum() + ent.sum()).backward()
+    g = logits.grad.clone()
+    logits.grad = None
+    logp = F.log_softmax(logits / 1.3, -1)
+    exp_lp, exp_ent = logp.gather(-1, targets[..., None])[..., 0], -(logp.exp() * logp).sum(-1)
+    (exp_lp.sum() + exp_ent.sum()).backward()
+    assert torch.allclose(lp, exp_lp, atol=1e-6) and torch.allclose(ent, exp_ent, atol=1e-5)
+    assert torch.allclose(g, logits.grad, atol=1e-6)
+
+
+def test_reference_logprobs_are_the_adapter_off_base():
+    policy = tiny_policy(lora=True)
+    with torch.no_grad():  # move the adapter so that policy and base differ
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)
+    base = tiny_policy(lora=False)
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.allclose(response_logprobs(Reference(policy), ids, mask, T), slow_logprobs(base, ids, mask, T)[0],
+                              atol=1e-5)
+        assert not torch.allclose(response_logprobs(policy, ids, mask, T), slow_logprobs(base, ids, mask, T)[0],
+                                  atol=1e-3)
+
+
+def ppo_loss(logprobs, entropy, values, mask, seed=2):
+    """A PPO minibatch loss with fixed rollout-time quantities."""
+    g = torch.Generator().manual_seed(seed)
+    old_lp = logprobs.detach() + 0.1 * torch.randn(logprobs.shape, generator=g)
+    adv, old_v, ret = (torch.randn(logprobs.shape, generator=g) for _ in range(3))
+    pg, _ = clipped_policy_loss(logprobs, old_lp, adv, mask, 0.2)
+    vf, _ = clipped_value_loss(values, old_v, ret, mask, 0.2)
+    return pg + 0.5 * vf - 0.01 * (entropy * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("chunk_rows", [4, 10_000])
+@pytest.mark.parametrize("arch,lora", SETUPS)
+def test_fused_pass_equals_two_passes_in_losses_and_gradients(monkeypatch, arch, lora, chunk_rows):
+    monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
+    policy = tiny_policy(arch, lora=lora)
+    value = nonzero_value_head(value_head_on_policy(policy))
+    params = [p for p in policy.parameters() if p.requires_grad] + list(value.head.parameters())
+    ids, mask = batch()
+    rmask = mask[:, -T:].float()
+    calls = []
+    hook = base_trunk(policy).register_forward_hook(lambda *a: calls.append(1))
+
+    lp, ent, v = logprobs_and_values(policy, value, ids, mask, T, 0.7, with_entropy=True)
+    loss = ppo_loss(lp, ent, v, rmask)
+    loss.backward()
+    assert len(calls) == 1  # one trunk forward for both heads
+    fused_grads = grads(params)
+    for p in params:
+        p.grad = None
+
+    exp_lp, exp_ent = slow_logprobs(policy, ids, mask, T, 0.7)
+    exp_v = value(ids, mask)[:, -T - 1 : -1]
+    exp_loss = ppo_loss(exp_lp, exp_ent, exp_v, rmask)
+    exp_loss.backward()
+    hook.remove()
+    assert len(calls) == 3
+
+    assert torch.allclose(lp, exp_lp, atol=1e-5) and torch.allclose(ent, exp_ent, atol=1e-5)
+    assert torch.allclose(v, exp_v, atol=1e-5)
+    assert torch.allclose(loss, exp_loss, atol=1e-6)
+    assert any(float(g.abs().max()) > 0 for g in fused_grads)
+    for g, e in zip(fused_grads, grads(params)):
+        assert torch.allclose(g, e, atol=1e-5, rtol=1e-4)
+
+
+def test_a_separate_value_model_takes_two_passes():
+    policy = tiny_policy()
+    value = ValueModel.from_policy(policy)
+    ids, mask = batch()
+    with torch.no_grad():
+        lp, v = logprobs_and_values(policy, value, ids, mask, T)
+        assert torch.allclose(lp, slow_logprobs(policy, ids, mask, T)[0], atol=1e-5)
+        assert torch.allclose(v, value(ids, mask)[:, -T - 1 : -1])
+
+
+PROMPTS = ["Translate English to Arabic: hello", "Good morning", "Where is the nearest pharmacy? I need help"]
+
+
+@pytest.mark.parametrize("from_sampling", [True, False])
+@pytest.mark.parametrize("arch,lora", SETUPS)
+def test_rollout_values_come_without_a_value_pass(arch, lora, from_sampling):
+    """Trunk calls in a rollout: one per sampled token, one for the reference when it is the
+    adapter-off policy, and one for policy + value when the log-probs are recomputed; never one
+    for the values alone. The values equal the value model's own forward."""
+    torch.manual_seed(0)
+    policy = tiny_policy(arch, lora=lora)
+    value = nonzero_value_head(value_head_on_policy(policy))
+    n_new = 6
+    gen = SequenceGenerator(policy, tiny_tokenizer(),
+                            GenerationConfig(max_new_tokens=n_new, temperature=0.8, stop_at_eos=False,
+                                             logprobs_from_sampling=from_sampling),
+                            Reference(policy), value)
+    calls = []
+    hook = base_trunk(policy).register_forward_hook(lambda *a: calls.append(1))
+    r = gen.generate(PROMPTS)
+    hook.remove()
+    assert r.response_ids.shape[1] == n_new
+    assert len(calls) == n_new + int(lora) + int(not from_sampling)
+    assert "value_forward" not in gen.timings
+    with torch.no_grad():
+        exp_v = value(r.input_ids, r.attention_mask)[:, -n_new - 1 : -1]
+        exp_lp = slow_logprobs(policy, r.input_ids, r.attention_mask, n_new, 0.8)[0]
+    assert torch.allclose(r.values, exp_v, atol=1e-5)
+    assert torch.allclose(r.logprobs, exp_lp, atol=1e-5)
