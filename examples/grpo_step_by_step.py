@@ -29,24 +29,8 @@ from ppolab.config import GenerationConfig, ModelConfig, PPOConfig
 from ppolab.models import Reference, build_policy, build_tokenizer
 from ppolab.ppo import PPOTrainer
 
-PROMPTS = [
-    "Translate English to Arabic: Good morning.",
-    "Translate English to Arabic: Where is the station?",
-    "Traduire en arabe : Merci beaucoup.",
-    "Translate English to Arabic: The weather is nice today.",
-]
-
-
-def arabic_share(prompts: list[str], responses: list[str]) -> list[float]:
-    """The reward: share of characters in the Arabic block. Any (prompts, responses) -> scores works."""
-    return [sum("\u0600" <= ch <= "\u06ff" for ch in r) / max(len(r), 1) for r in responses]
-
-
-def show(name: str, x: torch.Tensor, row: int = 0) -> None:
-    """Print a tensor's shape and its first row, rounded."""
-    vals = x[row].tolist() if x.dim() > 1 else x.tolist()
-    vals = [round(v, 3) if isinstance(v, float) else v for v in vals][:12]
-    print(f"  {name:<16} {str(tuple(x.shape)):<10} row {row}: {vals}{' ...' if x.shape[-1] > 12 else ''}")
+# The same task and printing as the PPO example (the script's own folder is on sys.path).
+from ppo_step_by_step import PROMPTS, arabic_share, show  # noqa: E402
 
 
 def main() -> None:
@@ -104,7 +88,7 @@ def main() -> None:
         if step == 1:
             print("3. update")
             for k in ("policy_loss", "kl_loss", "clipfrac", "approx_kl", "entropy"):
-                print(f"  {k:<16} {stats[k]:.4f}")
+                print(f"  {k:<14} {stats[k]:.4f}")
             print("\nstep  score  kl/token  policy_loss  kl_loss  clipfrac  seconds")
         first_score = first_score if first_score is not None else stats["score_mean"]
         print(f"{step:>4}  {stats['score_mean']:.3f}  {stats['kl_per_token']:8.4f}  {stats['policy_loss']:11.4f}  "
