@@ -71,7 +71,7 @@ class ChrfReward:
 def run_one(name: str, seed: int, args, train, test) -> dict:
     policy, tok = load_sft(args.sft)
     prompts = {build_prompt(ex.source, ex.src_lang, ex.tgt_lang, tok): ex.target for ex in train}
-    config = PPOConfig(**BASE, **RECIPES[name], seed=seed)
+    config = PPOConfig(**{**BASE, "lr": args.lr}, **RECIPES[name], seed=seed)
     value = None if config.critic_free else ValueModel.from_policy(policy)
     trainer = PPOTrainer(config, policy, Reference(policy), value, ChrfReward(prompts), tok,
                          GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=1.0))
@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=10_000, help="generated response tokens per run")
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=BASE["lr"], help="policy learning rate (the preset's by default)")
     ap.add_argument("--test", type=int, default=130, help="held-out test sentences scored at the end (130: all)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1,000 tokens, 8 test sentences")
     ap.add_argument("--out", default="benchmarks/estimators", help="output path without extension")
@@ -175,7 +176,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, 1 thread",
         "total_s": round(time.time() - t0),
         "sft": str(args.sft), "sft_chrf_test": sft_chrf, "test_sentences": len(test),
-        "base": BASE, "recipes": RECIPES, "summary": summarise(runs), "runs": runs,
+        "base": {**BASE, "lr": args.lr}, "recipes": RECIPES, "summary": summarise(runs), "runs": runs,
     }
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     plot(runs, sft_chrf, out.with_suffix(".png"))
