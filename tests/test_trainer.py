@@ -172,3 +172,36 @@ def test_config_names_match_the_math_packages():
     from ppolab.ppo import AGGREGATIONS
 
     assert core.AGGREGATIONS == AGGREGATIONS  # config imports nothing of ours, so it keeps a copy
+
+
+def test_make_experience_composes_each_estimator_as_documented():
+    """The estimator switch against the plain-loop references, on one rollout with a KL penalty."""
+    import dataclasses
+
+    import _reference as ref
+
+    group = 4
+    t = make_trainer(advantage_estimator="grpo", group_size=group, kl_coef=0.3)
+    rollout = t.rollout(PROMPTS[:2])
+    rollout = dataclasses.replace(rollout, ref_logprobs=rollout.ref_logprobs - 0.2 * torch.rand(rollout.mask.shape))
+    for estimator in ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"):
+        t = make_trainer(advantage_estimator=estimator, group_size=group, kl_coef=0.3)
+        exp = t.make_experience(rollout)
+        rewards, mask = exp["rewards"].tolist(), exp["mask"].int().tolist()
+        sequence = [sum(r for r, m in zip(row, mrow) if m) for row, mrow in zip(rewards, mask)]
+        returns = ref.rewards_to_go(rewards, mask, 1.0)
+        if estimator == "gae":
+            adv, returns = ref.gae(rewards, exp["values"].tolist(), mask, 1.0, 0.95)
+            expected = ref.masked_whiten(adv, mask)
+        elif estimator == "reinforce_pp":
+            expected = ref.masked_whiten(returns, mask)
+        elif estimator == "rloo":
+            expected = ref.expand_to_tokens(ref.rloo_advantages(sequence, group), mask)
+        else:
+            scale = "std" if estimator == "grpo" else "none"
+            expected = ref.expand_to_tokens(ref.group_advantages(sequence, group, scale), mask)
+        torch.testing.assert_close(exp["advantages"].double(), torch.tensor(expected, dtype=torch.float64),
+                                   atol=1e-5, rtol=1e-5, msg=estimator)
+        torch.testing.assert_close(exp["returns"].double(), torch.tensor(returns, dtype=torch.float64),
+                                   atol=1e-5, rtol=1e-5, msg=estimator)
+        assert any(r < 0 for row in rewards for r in row)  # the KL penalty is in the rewards
