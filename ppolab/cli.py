@@ -56,7 +56,10 @@ def cmd_demo(args) -> int:
     print(json.dumps(report, indent=2))
     for what, ok, measured in targets(report):
         print(f"  [{'ok' if ok else 'MISSED'}] {what}: {measured}")
-    print(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s this invocation)")
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s this invocation, peak RSS {peak_mb:.0f} MB)")
     return 0
 
 
@@ -135,7 +138,9 @@ def cmd_evaluate(args) -> int:
     from .sft.translate import evaluate_translation
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    model, tok = load_sft(args.model)
+    from .config import ModelConfig
+
+    model, tok = load_sft(args.model, ModelConfig(vocab_trim=args.vocab_trim))
     model.eval()
     examples = list(load_parallel(args.corpus, src=args.src, tgt=args.tgt))
     if args.limit:
@@ -220,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt", default="arb")
     p.add_argument("--limit", type=int)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--vocab-trim", choices=["arabic"], help="output-head trim, as ModelConfig.vocab_trim "
+                   "(the gemma-cpu preset uses arabic)")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("feedback", help="human feedback: serve the web page, terminal mode, export, import")
