@@ -200,3 +200,21 @@ def test_make_experience_composes_each_estimator_as_documented():
         torch.testing.assert_close(exp["returns"].double(), torch.tensor(returns, dtype=torch.float64),
                                    atol=1e-5, rtol=1e-5, msg=estimator)
         assert any(r < 0 for row in rewards for r in row)  # the KL penalty is in the rewards
+
+
+@pytest.mark.parametrize("estimator", ["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"])
+@pytest.mark.parametrize("junk", [float("nan"), float("inf"), 1e30])
+def test_padding_never_leaks_into_advantages(estimator, junk):
+    """Junk in the padded positions of rewards and values changes no advantage or return
+    (the bug class of verl #50, TRL #3021, OpenRLHF #1249)."""
+    from _reference import with_junk
+
+    t = make_trainer(advantage_estimator=estimator, group_size=4)
+    g = torch.Generator().manual_seed(0)
+    mask = torch.arange(6)[None, :] < torch.tensor([1, 6, 3, 2, 6, 4, 1, 5])[:, None]
+    rewards, values = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    rewards, values = torch.where(mask, rewards, 0.0), torch.where(mask, values, 0.0)
+    clean = t.estimate_advantages(rewards, values, mask)
+    dirty = t.estimate_advantages(with_junk(rewards, mask, junk), with_junk(values, mask, -junk), mask)
+    for c, d in zip(clean, dirty):
+        assert torch.equal(c, d) and torch.isfinite(d).all() and (d[~mask] == 0).all()
