@@ -115,6 +115,7 @@ def test_critic_free_step_samples_groups_and_runs_no_value_model():
     assert torch.allclose(per_row.view(2, 4).sum(1), torch.zeros(2), atol=1e-5)
     stats = t.finish_step(rollout, exp, t.update(exp))
     assert "value_loss" not in stats and math.isfinite(stats["kl_loss"]) and math.isfinite(stats["policy_loss"])
+    assert stats["kl_coef"] == 0.0  # no KL penalty in the rewards: it is in the loss
     for k in ("clipfrac_low", "clipfrac_high", "dual_clipfrac"):
         assert 0.0 <= stats[k] <= 1.0, k
 

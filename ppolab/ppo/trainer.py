@@ -240,7 +240,7 @@ class PPOTrainer:
             mask, scores, rewards, k1, has_eos = dist.all_gather_rows(mask, scores, rewards, k1, has_eos)
             texts = dist.all_gather_objects(texts)
         kl_per_sequence = float(k1.sum(-1).mean())
-        kl_coef = self.kl_controller.value
+        kl_coef = self.kl_controller.value if self.config.kl_in == "reward" else 0.0  # the reward penalty's
         self.kl_controller.update(kl_per_sequence, len(scores))
         self.steps_done += 1
         n_tokens = float(mask.sum())
