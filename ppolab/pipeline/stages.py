@@ -301,8 +301,9 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     ref = Reference(policy)
     reward = RewardModel.load(reward_dir, mcfg).eval()
     reward.tokenizer = tok  # saved from the same tokenizer
-    value = build_value_model(policy, reward, mcfg.value_init, mcfg.value_head_hidden)
     pcfg = PPOConfig(**{k: v for k, v in p.items() if k in _fields(PPOConfig)} | {"lr": lr, "seed": cfg["seed"]})
+    # Critic-free estimators (GRPO, RLOO, REINFORCE++) run with no value model at all.
+    value = None if pcfg.critic_free else build_value_model(policy, reward, mcfg.value_init, mcfg.value_head_hidden)
     from ..data import stops_at_newline
 
     gcfg = GenerationConfig(max_new_tokens=p["max_new_tokens"], temperature=p["temperature"],
@@ -330,7 +331,8 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
 
     t0 = time.time()
     for step in tqdm(range(start, steps), desc=stage, initial=start, total=steps):
-        batch = random.Random(cfg["seed"] * 100_003 + step).sample(prompts, pcfg.batch_size)
+        # group_size samples of each prompt: batch_size / group_size distinct prompts per step
+        batch = random.Random(cfg["seed"] * 100_003 + step).sample(prompts, pcfg.batch_size // pcfg.group_size)
         stats = trainer.ppo_step(batch)
         record = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         record["timings"] = stats["timings"]
