@@ -69,14 +69,15 @@ def _evaluate(model, tok, cfg) -> dict:
 
 def flores_file() -> Path | None:
     """FLORES-200 devtest (EN/FR/AR), read where this workplace keeps it: `$PPOLAB_FLORES`, else
-    `shared/data/flores200/` beside the repository. Never shipped with ppolab; None when absent."""
+    `shared/data/flores200/` beside the repository or beside any folder above it (a worktree or a
+    clone nested deeper). Never shipped with ppolab; None when absent."""
     import os
 
     env = os.environ.get("PPOLAB_FLORES")
-    candidates = [Path(env)] if env else []
+    rel = Path("shared") / "data" / "flores200" / "devtest.eng-fra-arb.tsv"
     repo = Path(__file__).resolve().parents[2]
-    candidates += [repo.parent / "shared" / "data" / "flores200" / "devtest.eng-fra-arb.tsv",
-                   Path.cwd().parent / "shared" / "data" / "flores200" / "devtest.eng-fra-arb.tsv"]
+    candidates = [Path(env)] if env else []
+    candidates += [folder / rel for folder in (*repo.parents, *Path.cwd().resolve().parents)]
     return next((c for c in candidates if c.is_file()), None)
 
 
