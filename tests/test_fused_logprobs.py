@@ -199,3 +199,51 @@ def test_rollout_values_come_without_a_value_pass(arch, lora, from_sampling):
         exp_lp = slow_logprobs(policy, r.input_ids, r.attention_mask, n_new, 0.8)[0]
     assert torch.allclose(r.values, exp_v, atol=1e-5)
     assert torch.allclose(r.logprobs, exp_lp, atol=1e-5)
+
+
+def arabic_fraction(prompts, responses):
+    return [sum("\u0600" <= ch <= "\u06ff" for ch in r) / max(len(r), 1) for r in responses]
+
+
+def shared_trunk_trainer(arch, lora, **ppo):
+    from ppolab.config import PPOConfig
+    from ppolab.ppo.trainer import PPOTrainer
+
+    torch.manual_seed(0)
+    policy = tiny_policy(arch, lora=lora)
+    value = nonzero_value_head(value_head_on_policy(policy))
+    cfg = PPOConfig(**{"batch_size": 6, "minibatch_size": 6, "micro_batch_size": 3, "ppo_epochs": 2, "lr": 3e-3,
+                       "kl_coef": 0.01, "entropy_coef": 0.01, **ppo})
+    return PPOTrainer(cfg, policy, None, value, arabic_fraction, tiny_tokenizer(),
+                      GenerationConfig(max_new_tokens=6, temperature=0.9))
+
+
+@pytest.mark.parametrize("arch,lora", SETUPS)
+def test_update_runs_the_trunk_once_per_micro_batch(arch, lora):
+    t = shared_trunk_trainer(arch, lora, minibatch_size=3, micro_batch_size=1)
+    experience = t.make_experience(t.rollout(PROMPTS * 2))
+    calls = []
+    hook = base_trunk(t.policy).register_forward_hook(lambda *a: calls.append(1))
+    t.update(experience)
+    hook.remove()
+    assert len(calls) == 2 * 2 * 3  # epochs x minibatches x micro-batches
+
+
+@pytest.mark.parametrize("arch,lora", SETUPS)
+def test_ppo_step_with_the_fused_pass_equals_the_two_pass_step(monkeypatch, arch, lora):
+    """The whole step, fused (rollout and update) against the model's own forwards and a value pass."""
+    fused = shared_trunk_trainer(arch, lora)
+    torch.manual_seed(5)
+    got = fused.ppo_step(PROMPTS * 2)
+    monkeypatch.setattr(lp_mod, "PLAIN_HEAD_MODEL_TYPES", frozenset())  # no split head: the two-pass version
+    two = shared_trunk_trainer(arch, lora)
+    torch.manual_seed(5)
+    exp = two.ppo_step(PROMPTS * 2)
+    assert "value_forward" in exp["timings"] and "value_forward" not in got["timings"]
+    assert got["generated_texts"] == exp["generated_texts"]
+    for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "grad_norm", "kl"):
+        assert got[k] == pytest.approx(exp[k], rel=1e-4, abs=1e-6), k
+    for (n, p), q in zip(fused.policy.named_parameters(), two.policy.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), n
+    for p, q in zip(fused.value.head.parameters(), two.value.head.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)

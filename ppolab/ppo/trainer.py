@@ -24,7 +24,7 @@ from ..experience_buffer import ExperienceBuffer
 from ..models import Reference, RewardModel, disable_dropout
 from ..models.builders import position_ids_from_mask
 from ..reward_kl import AdaptiveKLController, FixedKLController, kl_loss, kl_penalized_rewards, per_token_kl
-from ..token_attribution import Rollout, SequenceGenerator, response_logprobs
+from ..token_attribution import Rollout, SequenceGenerator, logprobs_and_values, response_logprobs
 from ..token_attribution.generator import timed
 from .losses import clipped_policy_loss, clipped_value_loss
 
@@ -315,9 +315,12 @@ class PPOTrainer:
             for mb in micro_batches:
                 token_weight = float(mb["mask"].sum()) / total_tokens
                 policy_weight = aggregation_units(mb["mask"], mode) / total_units
-                logprobs, entropy = response_logprobs(
-                    self.policy, mb["input_ids"], mb["attention_mask"], n_response, temp, with_entropy=True
-                )
+                args = (mb["input_ids"], mb["attention_mask"], n_response, temp)
+                if self.value is not None:
+                    # One trunk pass for both heads when the value head sits on the policy's trunk.
+                    logprobs, entropy, vpred = logprobs_and_values(self.policy, self.value, *args, with_entropy=True)
+                else:
+                    logprobs, entropy = response_logprobs(self.policy, *args, with_entropy=True)
                 pg_loss, pg_stats = clipped_policy_loss(
                     logprobs, mb["logprobs"], mb["advantages"], mb["mask"], c.clip_eps,
                     clip_eps_high=c.clip_eps_high, dual_clip=c.dual_clip, **agg,
@@ -333,7 +336,6 @@ class PPOTrainer:
                 loss = policy_loss * policy_weight
                 by_token_weight = {"entropy": masked_mean(entropy, mb["mask"]), **pg_stats}
                 if self.value is not None:  # the value loss stays a token mean in every mode
-                    vpred = self.value(mb["input_ids"], mb["attention_mask"])[:, -n_response - 1 : -1]
                     vf_loss, vf_stats = clipped_value_loss(
                         vpred, mb["values"], mb["returns"], mb["mask"], c.value_clip_eps
                     )
