@@ -100,6 +100,47 @@ def test_chunked_logprobs_of_given_logits(monkeypatch, chunk_rows):
     assert torch.allclose(g, logits.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_rows", [4, 10_000])
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_trimmed_head_logprobs_equal_the_full_log_softmax(monkeypatch, arch, chunk_rows):
+    """A TrimmedLMHead is read on its kept columns (llama) or whole (gemma2's softcap maps the -1e4
+    fill to -30, a real logit); either way equal to log_softmax over the model's V logits, for kept
+    and dropped targets, with gradients."""
+    monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
+    policy = tiny_policy(arch, lora=True)
+    trim_output_vocabulary(policy.get_base_model(), [i for i in range(512) if i % 4 != 1])
+    head, keep_ids, V = lp_mod.logprob_head(policy)
+    assert V == 512 and (keep_ids is None) == (arch == "gemma2")
+    params = [p for p in policy.parameters() if p.requires_grad]
+    ids, mask = batch()
+    ids[:, -T:] = ids[:, -T:] // 4 * 4 + torch.tensor([0, 1, 2, 3, 1])  # targets 1 mod 4 were dropped
+    w = torch.randn(3, T)
+    got_lp, got_ent = response_logprobs(policy, ids, mask, T, 0.7, with_entropy=True)
+    ((got_lp * w).sum() + (got_ent * w).sum()).backward()
+    got_grads = grads(params)
+    policy.zero_grad()
+    exp_lp, exp_ent = slow_logprobs(policy, ids, mask, T, 0.7)
+    ((exp_lp * w).sum() + (exp_ent * w).sum()).backward()
+    assert torch.allclose(got_lp, exp_lp, atol=1e-5) and torch.allclose(got_ent, exp_ent, atol=1e-5)
+    for g, e in zip(got_grads, grads(params)):
+        assert torch.allclose(g, e, atol=1e-5, rtol=1e-4)
+
+
+def test_a_trainable_head_on_frozen_features_gets_its_gradient(monkeypatch):
+    """Only the head trains (the input needs no gradient): its gradient still comes back."""
+    monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 40 * 3)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 40, bias=False)
+    x, targets = torch.randn(2, 5, 8), torch.randint(0, 40, (2, 5))
+    lp, ent = token_logprobs(x, targets, 0.9, head, with_entropy=True, vocab_size=40)
+    (lp.sum() + 0.5 * ent.sum()).backward()
+    got = head.weight.grad.clone()
+    head.weight.grad = None
+    logp = F.log_softmax(head(x) / 0.9, -1)
+    (logp.gather(-1, targets[..., None]).sum() - 0.5 * (logp.exp() * logp).sum()).backward()
+    assert torch.allclose(got, head.weight.grad, atol=1e-6)
+
+
 def test_reference_logprobs_are_the_adapter_off_base():
     policy = tiny_policy(lora=True)
     with torch.no_grad():  # move the adapter so that policy and base differ

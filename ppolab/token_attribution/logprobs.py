@@ -5,9 +5,9 @@ Two savings over "forward, log_softmax, gather":
 - chunked log-softmax: `log p(target) = logit[target] - logsumexp(logits)` over a few rows at a
   time, so no `[B, T, V]` fp32 log-softmax (nor its `exp` for the entropy) is ever whole. When the
   head can be split off the model (`output_head`), the head runs chunk by chunk too, and with
-  gradients each chunk is checkpointed: the backward keeps only the hidden states `[B, T, H]` and
-  recomputes one chunk's logits at a time (with Gemma's 262k vocabulary, one fp32 `[16, 64, V]`
-  is 1.07 GB);
+  gradients the graph keeps only the hidden states `[B, T, H]`: the backward recomputes one chunk's
+  logits at a time (`_ChunkedLogprobs`). With Gemma's 262k vocabulary one fp32 `[16, 64, V]` is
+  1.07 GB; a vocabulary-trimmed head is read on its kept columns only;
 - fused trunk pass: with a value head on the policy's own trunk (`value_head_on_policy`), one trunk
   forward gives both the response log-probs and the values (`logprobs_and_values`).
 """
@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-
 from ..models.builders import Reference, base_trunk, is_peft, position_ids_from_mask
+from ..models.vocab_trim import EXCLUDED_LOGIT, TrimmedLMHead
 
 # Elements of fp32 logits per chunk (32 MB): a small vocabulary is one chunk (no overhead), Gemma's
 # 262k vocabulary is 32 rows at a time.
@@ -50,17 +50,91 @@ def output_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | No
     return capped
 
 
-def _chunk_logprobs(x: torch.Tensor, targets: torch.Tensor, head, temperature: float, with_entropy: bool):
-    """`[N, H]` hidden (or `[N, V]` logits when head is None) -> log-probs `[N]` (and entropy `[N]`)."""
+def logprob_head(model: nn.Module):
+    """(hidden `[..., H]` -> logits `[..., K]`, kept ids `[K]` or None, V) for log-prob passes, or None.
+
+    A `TrimmedLMHead` without a softcap gives its K kept columns only: the others are -1e4, whose
+    probability is exactly 0 in fp32, so the log-softmax over K columns equals the one over V and
+    costs K/V of it (Gemma's Arabic trim: 13x fewer). Otherwise the whole head, kept ids None.
+    """
+    head = output_head(model)
+    if head is None:
+        return None
+    inner = model.get_base_model() if is_peft(model) else model
+    V = inner.config.vocab_size  # the logits' width (a TrimmedLMHead's too: it fills what it drops)
+    trimmed = inner.get_output_embeddings()
+    if isinstance(trimmed, TrimmedLMHead) and head is trimmed:
+        return (lambda h: F.linear(h, trimmed.rows.to(h.dtype))), trimmed.keep_ids, V
+    return head, None, V
+
+
+def _scaled_logits(head, x: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = (head(x) if head is not None else x).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    lse = torch.logsumexp(logits, dim=-1)
-    logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
-    if not with_entropy:
-        return logprobs
-    # H = -sum p (x - lse) = lse - sum p x; excluded vocab rows (-1e4) have p = 0 exactly.
-    return logprobs, lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def _target_columns(targets: torch.Tensor, keep_ids: torch.Tensor | None, width: int):
+    """Column of each target `[N]` in the logits, and whether it is there (a dropped id is not)."""
+    if keep_ids is None:
+        return targets, torch.ones_like(targets, dtype=torch.bool)
+    col = torch.searchsorted(keep_ids, targets).clamp(max=width - 1)
+    return col, keep_ids[col] == targets
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """x `[N, D]` -> (log-probs `[N]`, entropy `[N]`) of targets `[N]` under softmax(head(x) / temperature).
+
+    Forward and backward go `rows` at a time, and the graph keeps x and two numbers per row (the
+    log-sum-exp and E_p[z]), never the `[N, V]` logits: the backward recomputes one chunk's logits
+    and applies the closed-form gradients, with z = logits / temperature and p = softmax(z):
+        d logp(target) / dz = onehot(target) - p,      d entropy / dz = -p * (z - E_p[z]).
+    Gradients reach x, and any trainable head parameters (a full policy's tied embeddings) by a
+    backward through the recomputed head, as a reentrant checkpoint does.
+    """
+
+    @staticmethod
+    def forward(ctx, x, targets, head, keep_ids, excluded, temperature, rows):
+        ctx.set_materialize_grads(False)
+        lps, ents, lses, means = [], [], [], []
+        for i in range(0, x.shape[0], rows):
+            z = _scaled_logits(head, x[i : i + rows], temperature)
+            col, kept = _target_columns(targets[i : i + rows], keep_ids, z.shape[-1])
+            lse = torch.logsumexp(z, dim=-1)
+            # A dropped target's logit is the TrimmedLMHead's fill (probability exp(-1e4 - lse) = 0).
+            lps.append(torch.where(kept, z.gather(-1, col[:, None])[:, 0], excluded / temperature) - lse)
+            mean = (torch.softmax(z, dim=-1) * z).sum(-1)  # E_p[z]; entropy = lse - E_p[z]
+            ents.append(lse - mean)
+            lses.append(lse)
+            means.append(mean)
+        ctx.save_for_backward(x, targets, torch.cat(lses), torch.cat(means))
+        ctx.head, ctx.keep_ids, ctx.temperature, ctx.rows = head, keep_ids, temperature, rows
+        return torch.cat(lps), torch.cat(ents)
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent):
+        x, targets, lse, mean = ctx.saved_tensors
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        for i in range(0, x.shape[0], ctx.rows):
+            sl = slice(i, i + ctx.rows)
+            with torch.enable_grad():
+                xc = x[sl].detach().requires_grad_(grad_x is not None)
+                z = _scaled_logits(ctx.head, xc, ctx.temperature)
+            if not z.requires_grad:
+                continue
+            with torch.no_grad():
+                zd = z.detach()
+                p = torch.exp(zd - lse[sl, None])
+                g = torch.zeros_like(zd)
+                if g_ent is not None:
+                    g -= p * (zd - mean[sl, None]) * g_ent[sl, None]
+                if g_lp is not None:
+                    g -= p * g_lp[sl, None]
+                    col, kept = _target_columns(targets[sl], ctx.keep_ids, zd.shape[-1])
+                    g.scatter_add_(-1, col[:, None], (g_lp[sl] * kept)[:, None])
+            torch.autograd.backward(z, g)
+            if grad_x is not None:
+                grad_x[sl] = xc.grad
+        return grad_x, None, None, None, None, None, None
 
 
 def token_logprobs(
@@ -70,26 +144,25 @@ def token_logprobs(
     head: Callable[[torch.Tensor], torch.Tensor] | None = None,
     with_entropy: bool = False,
     vocab_size: int | None = None,
+    keep_ids: torch.Tensor | None = None,
 ):
     """Log-probs `[B, T]` of `targets` `[B, T]`, and with `with_entropy` the entropy `[B, T]`.
 
-    `x`: hidden states `[B, T, H]` and the output `head` (whose width is `vocab_size`), or logits
-    `[B, T, V]` with head None. Rows go `CHUNK_ELEMENTS // V` at a time. With gradients, a head and
-    more than one chunk, each chunk is checkpointed: its logits are recomputed in the backward
-    instead of kept, so what the graph holds is `x`, not `[B, T, V]`.
+    `x`: hidden states `[B, T, H]` and the output `head`, or logits `[B, T, V]` with head None.
+    `vocab_size` V sets the chunk (`CHUNK_ELEMENTS // V` rows); `keep_ids` `[K]` says which vocabulary
+    ids the head's K columns are (the rest have logit `EXCLUDED_LOGIT`); None: all V, in order.
     """
     B, T = targets.shape
     flat, flat_t = x.reshape(B * T, x.shape[-1]), targets.reshape(B * T)
-    V = x.shape[-1] if head is None else vocab_size
-    rows = max(1, CHUNK_ELEMENTS // V)
-    recompute = head is not None and B * T > rows and torch.is_grad_enabled() and flat.requires_grad
-    outs = []
-    for i in range(0, B * T, rows):
-        args = (flat[i : i + rows], flat_t[i : i + rows], head, temperature, with_entropy)
-        outs.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False) if recompute else _chunk_logprobs(*args))
-    if not with_entropy:
-        return torch.cat(outs).reshape(B, T)
-    return torch.cat([o[0] for o in outs]).reshape(B, T), torch.cat([o[1] for o in outs]).reshape(B, T)
+    rows = max(1, CHUNK_ELEMENTS // (vocab_size or x.shape[-1]))
+    if (torch.is_grad_enabled() and not flat.requires_grad and isinstance(head, nn.Module)
+            and any(p.requires_grad for p in head.parameters())):
+        # Only the head trains (LoRA on lm_head alone): the Function is in the graph only if an
+        # input needs a gradient, and its backward is what reaches the head's weights.
+        flat = flat.detach().requires_grad_()
+    lp, ent = _ChunkedLogprobs.apply(flat, flat_t, head, keep_ids, EXCLUDED_LOGIT, temperature, rows)
+    lp = lp.reshape(B, T)
+    return (lp, ent.reshape(B, T)) if with_entropy else lp
 
 
 def _trunk_hidden(trunk: nn.Module, input_ids, attention_mask, n_response: int) -> torch.Tensor:
@@ -122,11 +195,9 @@ def response_logprobs(
                     return response_logprobs(model._policy[0], *args)
             return response_logprobs(model.model, *args)
     targets = input_ids[:, -n_response:]
-    head = output_head(model)
-    if head is not None:
+    if output_head(model) is not None:
         hidden = _trunk_hidden(base_trunk(model), input_ids, attention_mask, n_response)
-        return token_logprobs(hidden, targets, temperature, head, with_entropy,
-                              vocab_size=_vocab_size(model))
+        return _hidden_logprobs(model, hidden, targets, temperature, with_entropy)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -140,9 +211,11 @@ def response_logprobs(
     return token_logprobs(logits, targets, temperature, None, with_entropy)
 
 
-def _vocab_size(model: nn.Module) -> int:
-    """The width of the logits (a TrimmedLMHead's too: it fills the rows it drops)."""
-    return (model.get_base_model() if is_peft(model) else model).config.vocab_size
+def _hidden_logprobs(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                     with_entropy: bool):
+    """`token_logprobs` of `model`'s trunk output `[B, T, H]` through its head (`logprob_head`)."""
+    head, keep_ids, V = logprob_head(model)
+    return token_logprobs(hidden, targets, temperature, head, with_entropy, vocab_size=V, keep_ids=keep_ids)
 
 
 def fuses_with(policy: nn.Module, value) -> bool:
@@ -173,6 +246,5 @@ def logprobs_and_values(
         return (*out, values) if with_entropy else (out, values)
     hidden = _trunk_hidden(value.backbone, input_ids, attention_mask, n_response)
     values = value.values_from_hidden(hidden)
-    out = token_logprobs(hidden, input_ids[:, -n_response:], temperature, output_head(policy), with_entropy,
-                         vocab_size=_vocab_size(policy))
+    out = _hidden_logprobs(policy, hidden, input_ids[:, -n_response:], temperature, with_entropy)
     return (*out, values) if with_entropy else (out, values)
