@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from ..models.builders import Reference, base_trunk, is_peft, position_ids_from_mask
 from ..models.vocab_trim import EXCLUDED_LOGIT, TrimmedLMHead
 
