@@ -94,22 +94,27 @@ class _ChunkedLogprobs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, targets, head, keep_ids, excluded, temperature, rows):
+    def forward(ctx, x, targets, head, keep_ids, excluded, temperature, rows, with_entropy):
         ctx.set_materialize_grads(False)
         lps, ents, lses, means = [], [], [], []
         for i in range(0, x.shape[0], rows):
             z = _scaled_logits(head, x[i : i + rows], temperature)
             col, kept = _target_columns(targets[i : i + rows], keep_ids, z.shape[-1])
-            lse = torch.logsumexp(z, dim=-1)
+            # One exp per logit for both the log-sum-exp and E_p[z] (the entropy is lse - E_p[z]).
+            m = z.amax(-1, keepdim=True)
+            e = torch.sub(z, m).exp_()
+            total = e.sum(-1)
+            lse = m[:, 0] + total.log()
             # A dropped target's logit is the TrimmedLMHead's fill (probability exp(-1e4 - lse) = 0).
             lps.append(torch.where(kept, z.gather(-1, col[:, None])[:, 0], excluded / temperature) - lse)
-            mean = (torch.softmax(z, dim=-1) * z).sum(-1)  # E_p[z]; entropy = lse - E_p[z]
-            ents.append(lse - mean)
             lses.append(lse)
-            means.append(mean)
-        ctx.save_for_backward(x, targets, torch.cat(lses), torch.cat(means))
+            if with_entropy:
+                means.append(e.mul_(z).sum(-1) / total)
+                ents.append(lse - means[-1])
+        means = torch.cat(means) if with_entropy else torch.zeros(0, device=x.device)
+        ctx.save_for_backward(x, targets, torch.cat(lses), means)
         ctx.head, ctx.keep_ids, ctx.temperature, ctx.rows = head, keep_ids, temperature, rows
-        return torch.cat(lps), torch.cat(ents)
+        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 
     @staticmethod
     def backward(ctx, g_lp, g_ent):
@@ -122,20 +127,24 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 z = _scaled_logits(ctx.head, xc, ctx.temperature)
             if not z.requires_grad:
                 continue
-            with torch.no_grad():
+            with torch.no_grad():  # g = dL/dz = -p * (g_lp + g_ent * (z - E_p[z])) + g_lp * onehot
                 zd = z.detach()
-                p = torch.exp(zd - lse[sl, None])
-                g = torch.zeros_like(zd)
+                g = torch.sub(zd, lse[sl, None]).exp_()  # p
                 if g_ent is not None:
-                    g -= p * (zd - mean[sl, None]) * g_ent[sl, None]
+                    scale = torch.sub(zd, mean[sl, None]).mul_(g_ent[sl, None])
+                    if g_lp is not None:
+                        scale.add_(g_lp[sl, None])
+                    g.mul_(scale)
+                elif g_lp is not None:
+                    g.mul_(g_lp[sl, None])
+                g.neg_()
                 if g_lp is not None:
-                    g -= p * g_lp[sl, None]
                     col, kept = _target_columns(targets[sl], ctx.keep_ids, zd.shape[-1])
                     g.scatter_add_(-1, col[:, None], (g_lp[sl] * kept)[:, None])
             torch.autograd.backward(z, g)
             if grad_x is not None:
                 grad_x[sl] = xc.grad
-        return grad_x, None, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None, None
 
 
 def token_logprobs(
@@ -161,7 +170,7 @@ def token_logprobs(
         # Only the head trains (LoRA on lm_head alone): the Function is in the graph only if an
         # input needs a gradient, and its backward is what reaches the head's weights.
         flat = flat.detach().requires_grad_()
-    lp, ent = _ChunkedLogprobs.apply(flat, flat_t, head, keep_ids, EXCLUDED_LOGIT, temperature, rows)
+    lp, ent = _ChunkedLogprobs.apply(flat, flat_t, head, keep_ids, EXCLUDED_LOGIT, temperature, rows, with_entropy)
     lp = lp.reshape(B, T)
     return (lp, ent.reshape(B, T)) if with_entropy else lp
 
