@@ -2,6 +2,8 @@
 
     uv run python benchmarks/ppo_step.py            # main figures, JSON on the last line
     uv run python benchmarks/ppo_step.py --grid     # also seconds per step over length x batch
+    uv run python benchmarks/ppo_step.py --grid --quick --value shared     # a fast look, tiny model
+    uv run python benchmarks/ppo_step.py --model gemma3-270m --vocab-trim arabic --grid   # a real model
 
 Prints, for a tiny Llama-style model on the CPU:
 - rollout tokens/s of ppo_step and seconds per phase (generate, policy/ref/value/reward forwards,
@@ -14,6 +16,14 @@ Prints, for a tiny Llama-style model on the CPU:
   built on generate() could at best reach;
 - the speed ratio against a naive per-token design that runs one forward pass per state-action
   pair (each token's log-prob and value from its own prefix), as a per-token library would.
+
+`--grid`: seconds per step and per phase (`trainer.timings`) over response length 16/32/64 x batch
+4/8/16 (every row samples exactly that many tokens). `--model PATH_OR_NAME` (a prepared folder or a
+name such as gemma3-270m, never downloaded) runs a real checkpoint instead: LoRA policy (r 16),
+adapter-off reference, value head on the policy's trunk, optional output-vocabulary trim, and a
+reward model on a copy of the trunk (`--reward trunk`, as the pipeline's gemma-cpu preset) or a
+text-length reward (`--reward length`, no model); with a model the floor and per-pair figures are
+skipped, and with `--grid` the single-point run too.
 """
 from __future__ import annotations
 
@@ -31,28 +41,57 @@ import torch
 
 import ppolab.ppo.trainer as trainer_mod
 import ppolab.token_attribution.generator as generator_mod
+import ppolab.token_attribution.logprobs as logprobs_mod
 from ppolab.config import GenerationConfig, ModelConfig, PPOConfig
-from ppolab.models import Reference, RewardModel, ValueModel, build_policy, build_tokenizer
+from ppolab.models import (
+    Reference, RewardModel, ValueModel, build_policy, build_tokenizer, load_causal_lm, load_tokenizer,
+    value_head_on_policy, wrap_lora,
+)
+from ppolab.models.vocab_trim import apply_vocab_trim
 from ppolab.models.builders import position_ids_from_mask
 from ppolab.ppo import PPOTrainer
 from ppolab.token_attribution import response_logprobs
 from ppolab.token_attribution.generator import kv_cache_kwargs
 
 
-def build(args, batch: int, length: int):
+def build_models(args):
+    """(policy, reference, value, reward, tokenizer): the tiny model set-up, or `--model`'s."""
     torch.manual_seed(0)
-    tok = build_tokenizer(vocab_size=512)
-    mcfg = ModelConfig(arch="llama", n_layers=args.layers, hidden_size=args.hidden, n_heads=4, n_kv_heads=4,
-                       intermediate_size=4 * args.hidden)
-    policy = build_policy(mcfg, tok)
+    if args.model:
+        mcfg = ModelConfig(policy_path=args.model, lora=True, lora_r=16, lora_alpha=32, vocab_trim=args.vocab_trim)
+        tok = load_tokenizer(args.model)
+        policy = apply_vocab_trim(load_causal_lm(args.model, mcfg), tok, args.vocab_trim)
+        policy = wrap_lora(policy, mcfg)
+    else:
+        tok = build_tokenizer(vocab_size=512)
+        mcfg = ModelConfig(arch="llama", n_layers=args.layers, hidden_size=args.hidden, n_heads=4, n_kv_heads=4,
+                           intermediate_size=4 * args.hidden)
+        policy = build_policy(mcfg, tok)
     ref = Reference(policy)
-    value = ValueModel.from_policy(policy)
-    reward = RewardModel.from_causal_lm(policy, tok).eval()
+    value = value_head_on_policy(policy) if args.value == "shared" else ValueModel.from_policy(policy)
+    reward = RewardModel.from_causal_lm(policy, tok).eval() if args.reward == "trunk" else length_reward
+    return policy, ref, value, reward, tok
+
+
+def length_reward(prompts, responses):
+    """A reward with no model: the response's length in characters, scaled."""
+    return [len(r) / 100 for r in responses]
+
+
+def make_trainer(models, args, batch: int, length: int):
+    policy, ref, value, reward, tok = models
     cfg = PPOConfig(batch_size=batch, minibatch_size=batch, ppo_epochs=args.epochs, lr=1e-5)
-    gen = GenerationConfig(max_new_tokens=length, temperature=0.7, stop_at_eos=False)
+    gen = GenerationConfig(max_new_tokens=length, temperature=0.7, stop_at_eos=False, max_prompt_length=4096)
     trainer = PPOTrainer(cfg, policy, ref, value, reward, tok, gen)
     prompts = [f"Translate English to Arabic: sentence number {i} about the weather" for i in range(batch)]
+    if args.prompt_tokens:  # longer prompts (real few-shot prompts are ~200 tokens): repeat, then cut
+        prompts = [tok.decode(tok(" ".join([p] * args.prompt_tokens), add_special_tokens=False)["input_ids"]
+                              [: args.prompt_tokens]) for p in prompts]
     return trainer, prompts
+
+
+def build(args, batch: int, length: int):
+    return make_trainer(build_models(args), args, batch, length)
 
 
 def time_interleaved(trainer, prompts, repeats: int) -> tuple[float, dict, float, float]:
@@ -77,8 +116,9 @@ def time_interleaved(trainer, prompts, repeats: int) -> tuple[float, dict, float
     return med(steps), phase_median, med(loops), med(hfs)
 
 
-def time_ppo_step(trainer, prompts, repeats: int) -> tuple[float, dict]:
-    trainer.ppo_step(prompts)  # warm-up
+def time_ppo_step(trainer, prompts, repeats: int, warm_up: bool = True) -> tuple[float, dict]:
+    if warm_up:
+        trainer.ppo_step(prompts)
     times, phases = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -188,18 +228,37 @@ class PerPairValue(torch.nn.Module):
 def time_naive(args, batch, length) -> float:
     trainer, prompts = build(args, batch, length)
     trainer.value = trainer.generator.value_model = PerPairValue(trainer.value)
-    saved = trainer_mod.response_logprobs, generator_mod.response_logprobs
-    trainer_mod.response_logprobs = generator_mod.response_logprobs = per_pair_logprobs
+    # Every module that calls response_logprobs by its own name (the trainer's update goes through
+    # logprobs_and_values, which with a separate value model calls the logprobs module's).
+    modules = (trainer_mod, generator_mod, logprobs_mod)
+    saved = [m.response_logprobs for m in modules]
+    for m in modules:
+        m.response_logprobs = per_pair_logprobs
     try:
         t0 = time.perf_counter()
         trainer.ppo_step(prompts)
         return time.perf_counter() - t0
     finally:
-        trainer_mod.response_logprobs, generator_mod.response_logprobs = saved
+        for m, f in zip(modules, saved):
+            m.response_logprobs = f
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def grid(args, models) -> dict:
+    """Seconds per step and per phase over response length x batch, one trainer per cell, same models."""
+    cells = {}
+    for length in (16, 32, 64):
+        for batch in (4, 8, 16):
+            trainer, prompts = make_trainer(models, args, batch, length)
+            step_s, phases = time_ppo_step(trainer, prompts, args.grid_repeats, warm_up=not args.quick)
+            cells[f"T{length}_B{batch}"] = {"s_per_step": round(step_s, 3),
+                                            "phases_s": {k: round(v, 3) for k, v in phases.items()}}
+            print(f"T={length:<3} B={batch:<3} {step_s:.3f} s/step  " + json.dumps(cells[f"T{length}_B{batch}"]["phases_s"]),
+                  file=sys.stderr)
+    return cells
 
 
 def main() -> None:
@@ -211,40 +270,59 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--grid", action="store_true", help="seconds per step over length (16..128) x batch (8..32)")
+    ap.add_argument("--grid", action="store_true", help="seconds per step and phase over length 16/32/64 x batch 4/8/16")
+    ap.add_argument("--grid-repeats", type=int, default=2, help="timed steps per grid cell (median)")
+    ap.add_argument("--quick", action="store_true", help="one repeat, no warm-up steps, no per-pair comparison")
     ap.add_argument("--no-naive", action="store_true")
+    ap.add_argument("--model", help="a prepared checkpoint folder or a pretrained name (gemma3-270m)")
+    ap.add_argument("--vocab-trim", choices=("arabic",), help="with --model: trim the output head (ModelConfig.vocab_trim)")
+    ap.add_argument("--value", choices=("separate", "shared"), help="value model: a copy of the policy's trunk "
+                    "(default for the tiny model) or a head on the policy's trunk (default with --model)")
+    ap.add_argument("--reward", choices=("trunk", "length"), default="trunk",
+                    help="a reward model on a copy of the trunk, or a text-length reward (no model)")
+    ap.add_argument("--prompt-tokens", type=int, default=0, help="prompts of this many tokens (0: one short sentence)")
     args = ap.parse_args()
+    args.value = args.value or ("shared" if args.model else "separate")
+    if args.quick:
+        args.repeats, args.grid_repeats, args.no_naive = 1, 1, True
     torch.set_num_threads(args.threads)
 
-    trainer, prompts = build(args, args.batch, args.length)
-    step_s, phases, floor_s, floor_hf_s = time_interleaved(trainer, prompts, args.repeats)
-    tokens = args.batch * args.length
+    models = build_models(args)
+    policy = models[0]
     result = {
-        "model": f"llama {args.layers} layers, hidden {args.hidden}",
-        "batch": args.batch, "response_tokens": args.length, "ppo_epochs": args.epochs,
-        "ppo_step_s": round(step_s, 4),
-        "rollout_tokens_per_s": round(tokens / step_s, 1),
-        "phases_s": {k: round(v, 4) for k, v in phases.items()},
-        "floor_s": round(floor_s, 4),
-        "step_over_floor": round(step_s / floor_s, 3),
-        "floor_hf_generate_s": round(floor_hf_s, 4),
-        "step_over_floor_hf_generate": round(step_s / floor_hf_s, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "model": args.model or f"llama {args.layers} layers, hidden {args.hidden}",
+        "value": args.value, "vocab_trim": args.vocab_trim, "reward": args.reward, "ppo_epochs": args.epochs,
+        "threads": args.threads, "policy_params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 1),
     }
-    print("ppo_step phases (s):", json.dumps(result["phases_s"]), file=sys.stderr)
-    if not args.no_naive:
-        naive_s = time_naive(args, args.batch, args.length)
-        result["naive_per_pair_step_s"] = round(naive_s, 3)
-        result["speedup_vs_naive"] = round(naive_s / step_s, 1)
+    if not (args.model and args.grid):
+        trainer, prompts = make_trainer(models, args, args.batch, args.length)
+        tokens = args.batch * args.length
+        result.update({"batch": args.batch, "response_tokens": args.length,
+                       "prompt_tokens": int(trainer.generator.encode_prompts(prompts)[0].shape[1])})
+        if args.model:  # a real model: the step and its phases only
+            step_s, phases = time_ppo_step(trainer, prompts, args.repeats, warm_up=not args.quick)
+            result.update({"ppo_step_s": round(step_s, 4), "rollout_tokens_per_s": round(tokens / step_s, 1),
+                           "phases_s": {k: round(v, 4) for k, v in phases.items()}})
+        else:
+            step_s, phases, floor_s, floor_hf_s = time_interleaved(trainer, prompts, args.repeats)
+            result.update({
+                "ppo_step_s": round(step_s, 4),
+                "rollout_tokens_per_s": round(tokens / step_s, 1),
+                "phases_s": {k: round(v, 4) for k, v in phases.items()},
+                "floor_s": round(floor_s, 4),
+                "step_over_floor": round(step_s / floor_s, 3),
+                "floor_hf_generate_s": round(floor_hf_s, 4),
+                "step_over_floor_hf_generate": round(step_s / floor_hf_s, 3),
+            })
+        print("ppo_step phases (s):", json.dumps(result["phases_s"]), file=sys.stderr)
+        if not args.no_naive and not args.model:
+            naive_s = time_naive(args, args.batch, args.length)
+            result["naive_per_pair_step_s"] = round(naive_s, 3)
+            result["speedup_vs_naive"] = round(naive_s / step_s, 1)
     if args.grid:
-        grid = {}
-        for batch in (8, 16, 32):
-            for length in (16, 32, 64, 128):
-                t, p = build(args, batch, length)
-                grid[f"B{batch}_T{length}"] = round(time_ppo_step(t, p, 2)[0], 3)
-                print(f"B={batch:<3} T={length:<4} {grid[f'B{batch}_T{length}']:.3f} s/step", file=sys.stderr)
-        result["grid_s_per_step"] = grid
+        result["grid"] = grid(args, models)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result["load_avg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
 
 
