@@ -93,6 +93,10 @@ class GenerationConfig:
     # are fp32, where the two agree to ~1e-6; recomputed in bf16/fp16, where cached decoding and a
     # full forward round differently and the first PPO ratio would start away from 1.
     logprobs_from_sampling: bool | None = None
+    # Sample from a copy of a LoRA policy with the adapter merged into its weights (one more copy of
+    # the base weights; no adapter matmuls per decoded token), refreshed before every rollout. The
+    # rollout's log-probs stay the LoRA policy's (to fp32 rounding); the reference is unchanged.
+    merged_lora_sampling: bool = False
 
     def validate(self) -> "GenerationConfig":
         c = "GenerationConfig"
@@ -103,6 +107,8 @@ class GenerationConfig:
         _check(self.max_prompt_length >= 1, c, "max_prompt_length", "must be >= 1")
         _check(self.logprobs_from_sampling in (None, True, False), c, "logprobs_from_sampling",
                f"must be true, false or null, got {self.logprobs_from_sampling!r}")
+        _check(isinstance(self.merged_lora_sampling, bool), c, "merged_lora_sampling",
+               f"must be true or false, got {self.merged_lora_sampling!r}")
         return self
 
 

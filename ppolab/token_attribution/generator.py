@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import GenerationConfig
-from ..models.builders import position_ids_from_mask
+from ..models.builders import base_trunk, position_ids_from_mask
+from ..models.merged import merged_copy, refresh_merged
 from .logprobs import fuses_with, logprobs_and_values, output_head, response_logprobs
 from .rollout import Rollout
 
@@ -84,6 +85,10 @@ class SequenceGenerator:
         self.policy, self.tokenizer, self.config = policy, tokenizer, config.validate()
         self.reference, self.value_model = reference, value_model
         self.timings: dict[str, float] = {}  # seconds per phase of the last generate()
+        # What samples: the policy, or a merged copy of its LoRA adapter, refreshed every generate().
+        self.sampler = policy
+        if self.config.merged_lora_sampling:
+            self.sampler = merged_copy(policy)
         if tokenizer.pad_token_id is None:
             raise ValueError("SequenceGenerator: the tokenizer has no pad token")
         if tokenizer.padding_side != "left":
@@ -128,8 +133,9 @@ class SequenceGenerator:
         c = self.config
         stop = self.stop_ids.to(prompt_ids.device) if self.stop_ids is not None else None
         fused = self.value_model is not None and fuses_with(self.policy, self.value_model)
-        if fused:
-            trunk, head, value = self.value_model.backbone, output_head(self.policy), self.value_model
+        model = self.sampler
+        if fused:  # the sampler's trunk: the value head's own, or the merged copy's
+            trunk, head, value = base_trunk(model), output_head(model), self.value_model
 
             def forward(**kw):  # the policy's forward split at its last hidden state, as the policy computes it
                 out = trunk(**kw)
@@ -137,7 +143,7 @@ class SequenceGenerator:
                 return head(h)[:, -1], value.values_from_hidden(h)[:, -1], out
         else:
             def forward(**kw):
-                out = self.policy(**kw, logits_to_keep=1)
+                out = model(**kw, logits_to_keep=1)
                 return out.logits[:, -1], None, out
 
         mask = prompt_mask.clone()
@@ -145,7 +151,7 @@ class SequenceGenerator:
         logits, v, out = forward(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         keep_logprobs = c.logprobs_from_sampling
         if keep_logprobs is None:
-            keep_logprobs = _lm_head_dtype(self.policy, logits) == torch.float32
+            keep_logprobs = _lm_head_dtype(model, logits) == torch.float32
         next_pos = positions[:, -1:] + 1
         finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
         tokens, logprobs, values = [], [], []
@@ -178,6 +184,9 @@ class SequenceGenerator:
         prompt_ids, prompt_mask = self.encode_prompts(prompts)
         was_training = self.policy.training
         self.policy.eval()
+        if self.sampler is not self.policy:
+            with timed(self.timings, "merge"):
+                refresh_merged(self.sampler, self.policy)  # the adapter as the last update left it
         try:
             with timed(self.timings, "generate"):
                 response, logprobs, values = self.sample(prompt_ids, prompt_mask)
