@@ -65,7 +65,7 @@ def build_models(args):
     else:
         tok = build_tokenizer(vocab_size=512)
         mcfg = ModelConfig(arch="llama", n_layers=args.layers, hidden_size=args.hidden, n_heads=4, n_kv_heads=4,
-                           intermediate_size=4 * args.hidden)
+                           intermediate_size=4 * args.hidden, lora=args.lora)
         policy = build_policy(mcfg, tok)
     ref = Reference(policy)
     value = value_head_on_policy(policy) if args.value == "shared" else ValueModel.from_policy(policy)
@@ -81,7 +81,8 @@ def length_reward(prompts, responses):
 def make_trainer(models, args, batch: int, length: int):
     policy, ref, value, reward, tok = models
     cfg = PPOConfig(batch_size=batch, minibatch_size=batch, ppo_epochs=args.epochs, lr=1e-5)
-    gen = GenerationConfig(max_new_tokens=length, temperature=0.7, stop_at_eos=False, max_prompt_length=4096)
+    gen = GenerationConfig(max_new_tokens=length, temperature=0.7, stop_at_eos=False, max_prompt_length=4096,
+                           merged_lora_sampling=args.merged_sampling)
     trainer = PPOTrainer(cfg, policy, ref, value, reward, tok, gen)
     prompts = [f"Translate English to Arabic: sentence number {i} about the weather" for i in range(batch)]
     if args.prompt_tokens:  # longer prompts (real few-shot prompts are ~200 tokens): repeat, then cut
@@ -280,6 +281,9 @@ def main() -> None:
                     "(default for the tiny model) or a head on the policy's trunk (default with --model)")
     ap.add_argument("--reward", choices=("trunk", "length"), default="trunk",
                     help="a reward model on a copy of the trunk, or a text-length reward (no model)")
+    ap.add_argument("--merged-sampling", action="store_true",
+                    help="sample from a merged copy of the LoRA adapter (GenerationConfig.merged_lora_sampling)")
+    ap.add_argument("--lora", action="store_true", help="a LoRA tiny policy (always LoRA with --model)")
     ap.add_argument("--prompt-tokens", type=int, default=0, help="prompts of this many tokens (0: one short sentence)")
     args = ap.parse_args()
     args.value = args.value or ("shared" if args.model else "separate")
@@ -291,6 +295,7 @@ def main() -> None:
     policy = models[0]
     result = {
         "model": args.model or f"llama {args.layers} layers, hidden {args.hidden}",
+        "lora": bool(args.model or args.lora), "merged_sampling": args.merged_sampling,
         "value": args.value, "vocab_trim": args.vocab_trim, "reward": args.reward, "ppo_epochs": args.epochs,
         "threads": args.threads, "policy_params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 1),
     }
