@@ -203,6 +203,11 @@ class Reference(nn.Module):
         else:
             self.model = freeze(model if model is not None else copy.deepcopy(policy))
 
+    @property
+    def policy(self) -> nn.Module:
+        """The policy this reference was made from (with `shares_policy_weights`: whose base it is)."""
+        return self._policy[0]
+
     def forward(self, **kwargs):
         with torch.no_grad():
             if self.shares_policy_weights:

@@ -201,8 +201,8 @@ def response_logprobs(
     if isinstance(model, Reference):
         with torch.no_grad():
             if model.shares_policy_weights:
-                with model._policy[0].disable_adapter():
-                    return response_logprobs(model._policy[0], *args)
+                with model.policy.disable_adapter():
+                    return response_logprobs(model.policy, *args)
             return response_logprobs(model.model, *args)
     targets = input_ids[:, -n_response:]
     if output_head(model) is not None:
