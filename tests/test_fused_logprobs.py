@@ -14,7 +14,28 @@ from ppolab.token_attribution.logprobs import output_head, token_logprobs
 from tests.helpers import tiny_policy, tiny_tokenizer
 
 T = 5
-SETUPS = [(arch, lora) for arch in ("llama", "gemma2") for lora in (False, True)]
+# gemma3: Gemma 3's text model (the real target's architecture), a sliding-window and a full layer.
+SETUPS = [(arch, lora) for arch in ("llama", "gemma2", "gemma3") for lora in (False, True)]
+
+
+def make_policy(arch, lora=False):
+    """`tiny_policy`, plus a tiny Gemma 3 text model (not among the library's tiny builders)."""
+    if arch != "gemma3":
+        return tiny_policy(arch, lora=lora)
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    from ppolab.config import ModelConfig
+    from ppolab.models import disable_dropout, wrap_lora
+
+    tok = tiny_tokenizer()
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                           bos_token_id=tok.bos_token_id, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = disable_dropout(AutoModelForCausalLM.from_config(cfg))
+    return wrap_lora(model, ModelConfig(lora=True)) if lora else model
 
 
 def batch(seed=0, B=3, P=4, V=512):
@@ -49,7 +70,7 @@ def grads(params):
 @pytest.mark.parametrize("arch,lora", SETUPS)
 @pytest.mark.parametrize("trim", [False, True])
 def test_split_head_gives_the_models_own_logits(arch, lora, trim):
-    policy = tiny_policy(arch, lora=lora)
+    policy = make_policy(arch, lora)
     if trim:
         trim_output_vocabulary(policy.get_base_model() if lora else policy, range(0, 512, 3))
     ids, mask = batch()
@@ -66,7 +87,7 @@ def test_split_head_gives_the_models_own_logits(arch, lora, trim):
 @pytest.mark.parametrize("arch,lora", SETUPS)
 def test_chunked_logprobs_and_entropy_equal_full_log_softmax_with_gradients(monkeypatch, arch, lora, chunk_rows):
     monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
-    policy = tiny_policy(arch, lora=lora)
+    policy = make_policy(arch, lora)
     params = [p for p in policy.parameters() if p.requires_grad]
     ids, mask = batch()
     w = torch.randn(3, T)  # arbitrary weights so every position's gradient counts
@@ -101,13 +122,13 @@ def test_chunked_logprobs_of_given_logits(monkeypatch, chunk_rows):
 
 
 @pytest.mark.parametrize("chunk_rows", [4, 10_000])
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
 def test_trimmed_head_logprobs_equal_the_full_log_softmax(monkeypatch, arch, chunk_rows):
-    """A TrimmedLMHead is read on its kept columns (llama) or whole (gemma2's softcap maps the -1e4
+    """A TrimmedLMHead is read on its kept columns (llama, gemma3) or whole (gemma2's softcap maps the -1e4
     fill to -30, a real logit); either way equal to log_softmax over the model's V logits, for kept
     and dropped targets, with gradients."""
     monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
-    policy = tiny_policy(arch, lora=True)
+    policy = make_policy(arch, lora=True)
     trim_output_vocabulary(policy.get_base_model(), [i for i in range(512) if i % 4 != 1])
     head, keep_ids, V = lp_mod.logprob_head(policy)
     assert V == 512 and (keep_ids is None) == (arch == "gemma2")
@@ -170,7 +191,7 @@ def ppo_loss(logprobs, entropy, values, mask, seed=2):
 @pytest.mark.parametrize("arch,lora", SETUPS)
 def test_fused_pass_equals_two_passes_in_losses_and_gradients(monkeypatch, arch, lora, chunk_rows):
     monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
-    policy = tiny_policy(arch, lora=lora)
+    policy = make_policy(arch, lora)
     value = nonzero_value_head(value_head_on_policy(policy))
     params = [p for p in policy.parameters() if p.requires_grad] + list(value.head.parameters())
     ids, mask = batch()
@@ -221,7 +242,7 @@ def test_rollout_values_come_without_a_value_pass(arch, lora, from_sampling):
     adapter-off policy, and one for policy + value when the log-probs are recomputed; never one
     for the values alone. The values equal the value model's own forward."""
     torch.manual_seed(0)
-    policy = tiny_policy(arch, lora=lora)
+    policy = make_policy(arch, lora)
     value = nonzero_value_head(value_head_on_policy(policy))
     n_new = 6
     gen = SequenceGenerator(policy, tiny_tokenizer(),
@@ -251,7 +272,7 @@ def shared_trunk_trainer(arch, lora, **ppo):
     from ppolab.ppo.trainer import PPOTrainer
 
     torch.manual_seed(0)
-    policy = tiny_policy(arch, lora=lora)
+    policy = make_policy(arch, lora)
     value = nonzero_value_head(value_head_on_policy(policy))
     cfg = PPOConfig(**{"batch_size": 6, "minibatch_size": 6, "micro_batch_size": 3, "ppo_epochs": 2, "lr": 3e-3,
                        "kl_coef": 0.01, "entropy_coef": 0.01, **ppo})
