@@ -124,9 +124,9 @@ def test_chunked_logprobs_of_given_logits(monkeypatch, chunk_rows):
 @pytest.mark.parametrize("chunk_rows", [4, 10_000])
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
 def test_trimmed_head_logprobs_equal_the_full_log_softmax(monkeypatch, arch, chunk_rows):
-    """A TrimmedLMHead is read on its kept columns (llama, gemma3) or whole (gemma2's softcap maps the -1e4
-    fill to -30, a real logit); either way equal to log_softmax over the model's V logits, for kept
-    and dropped targets, with gradients."""
+    """A TrimmedLMHead is read on its kept columns (llama, gemma3) or whole (gemma2's softcap maps
+    the -1e4 fill to -30, a real logit); either way equal to log_softmax over the model's V logits,
+    for kept and dropped targets, with gradients."""
     monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
     policy = make_policy(arch, lora=True)
     trim_output_vocabulary(policy.get_base_model(), [i for i in range(512) if i % 4 != 1])
