@@ -32,7 +32,8 @@ def _lora_layers(policy: nn.Module):
     for name, module in policy.get_base_model().named_modules():
         if isinstance(module, BaseTunerLayer):
             if not isinstance(module, LoraLinear) or any(module.use_dora.get(a) for a in module.active_adapters):
-                raise ValueError(f"merged_copy: {name} is a {type(module).__name__}; only plain LoRA linear layers merge")
+                raise ValueError(f"merged_copy: {name} is a {type(module).__name__}; "
+                                 "only plain LoRA linear layers merge")
             yield name, module
 
 

@@ -218,7 +218,8 @@ class SequenceGenerator:
             logprobs = logprobs[:, :T].float().masked_fill(mask == 0, 0.0)
         elif values is None and fuses_with(self.policy, self.value_model):
             with timed(self.timings, "policy_value_forward"):  # one trunk pass for both
-                logprobs, values = logprobs_and_values(self.policy, self.value_model, input_ids, attention_mask, T, temp)
+                logprobs, values = logprobs_and_values(self.policy, self.value_model, input_ids, attention_mask,
+                                                       T, temp)
         else:
             with timed(self.timings, "policy_forward"):
                 logprobs = response_logprobs(self.policy, input_ids, attention_mask, T, temp)
