@@ -11,7 +11,7 @@ from torch import nn
 from ..config import GenerationConfig
 from ..models.builders import base_trunk, position_ids_from_mask
 from ..models.merged import merged_copy, refresh_merged
-from .logprobs import fuses_with, logprobs_and_values, output_head, response_logprobs
+from .logprobs import fuses_with, logprob_head, logprobs_and_values, response_logprobs
 from .rollout import Rollout
 
 
@@ -129,18 +129,25 @@ class SequenceGenerator:
         `GenerationConfig.logprobs_from_sampling`); None when they are to be recomputed. With a
         value head on the policy's trunk (`fuses_with`), the loop runs the trunk and both heads
         itself, and V(s_t) comes from the hidden state token t is drawn from: no value pass after.
+        A vocabulary-trimmed head (`TrimmedLMHead`, no softcap) is sampled on its kept columns.
         """
         c = self.config
         stop = self.stop_ids.to(prompt_ids.device) if self.stop_ids is not None else None
         fused = self.value_model is not None and fuses_with(self.policy, self.value_model)
         model = self.sampler
-        if fused:  # the sampler's trunk: the value head's own, or the merged copy's
-            trunk, head, value = base_trunk(model), output_head(model), self.value_model
+        split = logprob_head(model)  # (head, kept ids or None, V), or None: the model's own forward
+        keep_ids = split[1] if split is not None else None
+        if fused or keep_ids is not None:
+            # The sampler's forward split at its last hidden state, as the model computes it: for
+            # the value head (on the sampler's trunk: the policy's, or the merged copy's), and for a
+            # trimmed head read on its kept columns only (the others have probability exactly 0, so
+            # sampling among the K kept tokens is the same distribution without V-wide arithmetic).
+            trunk, head, value = base_trunk(model), split[0], self.value_model
 
-            def forward(**kw):  # the policy's forward split at its last hidden state, as the policy computes it
+            def forward(**kw):
                 out = trunk(**kw)
                 h = out.last_hidden_state[:, -1:]
-                return head(h)[:, -1], value.values_from_hidden(h)[:, -1], out
+                return head(h)[:, -1], value.values_from_hidden(h)[:, -1] if fused else None, out
         else:
             def forward(**kw):
                 out = model(**kw, logits_to_keep=1)
@@ -156,12 +163,13 @@ class SequenceGenerator:
         finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
         tokens, logprobs, values = [], [], []
         for _ in range(c.max_new_tokens):
-            token = sample_next_token(logits, c.temperature, c.top_k, c.top_p)
+            column = sample_next_token(logits, c.temperature, c.top_k, c.top_p)
+            token = keep_ids[column] if keep_ids is not None else column  # the column's vocabulary id
             tokens.append(token)
             values.append(v)
             if keep_logprobs:  # of the untruncated distribution at the temperature, as when recomputed
                 logp = F.log_softmax(logits.float() / c.temperature, dim=-1)
-                logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
+                logprobs.append(logp.gather(-1, column[:, None]).squeeze(-1))
             if stop is not None:
                 finished |= torch.isin(token, stop)
                 if bool(finished.all()):
