@@ -10,12 +10,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _temp_name(path: Path) -> dict:
+    # One naming rule for every temporary, so remove_stale_temporaries can recognise them.
+    return {"dir": path.parent, "prefix": f".{path.name}.", "suffix": ".tmp"}
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
     """Open a temp file beside `path`; on clean exit it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(**_temp_name(path))
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
@@ -44,7 +49,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on clean exit it becomes `path` (an old one is replaced)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(**_temp_name(path)))
     try:
         yield tmp
         if path.exists():
@@ -58,3 +63,30 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete what killed atomic writes left under `folder`; return what was removed.
+
+    A kill between mkstemp and the rename leaves `.NAME.XXXX.tmp` (a file, or a folder from
+    atomic_dir) that nothing will ever read: as large as what was being written. A kill between
+    atomic_dir's two renames leaves `.NAME.old` and no `NAME`: that old copy is put back. Call it
+    only when no other process writes into `folder`.
+    """
+    removed = []
+    for p in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+        name = p.name
+        if name.endswith(".tmp") and name.count(".") >= 3:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+        elif name.endswith(".old") and p.is_dir() and not p.is_symlink():
+            original = p.with_name(name[1:-len(".old")])
+            if original.exists():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+            else:
+                os.replace(p, original)
+    return removed

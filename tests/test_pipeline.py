@@ -144,3 +144,107 @@ def test_each_stage_starts_from_its_own_seed(tmp_path, monkeypatch):
     draws = {name: s["draw"] for name, s in fresh.stages.items()}
     assert draws == {name: s["draw"] for name, s in resumed.stages.items()}
     assert len({tuple(d) for d in draws.values()}) == len(draws)  # and the stages differ from each other
+
+
+# -- reliability: resume, unsafe checkpoints, stale temporaries --------------------------------------
+PPO_FIGURES = ("reward_start", "reward_end", "kl_per_token_end", "kl_per_sequence_end", "chrf_test", "bleu_test")
+
+
+@pytest.mark.parametrize("when", ["after_the_row", "before_the_row"])
+def test_a_kill_between_metrics_row_and_checkpoint_changes_no_figure(finished_run, monkeypatch, when):
+    """Killed around a step's two writes (its metrics row, its checkpoint), a resumed stage reports
+    exactly what an uninterrupted one does, and the reader sees each step once."""
+    from ppolab.pipeline import stages
+
+    run, cfg, _ = finished_run
+    cfg = merge(cfg, {"ppo": {"steps": 3}})
+    args = (run / "sft", run / "reward_model_coldstart")
+    clean = stages.stage_ppo(run, cfg, "ppo_clean", *args, run / "ppo_clean_out", 3, 1e-5)
+
+    real_log, killed = Run.log, []
+
+    def log_then_die(self, stage, record):
+        if stage == f"ppo_kill_{when}" and record.get("step") == 2 and not killed:
+            killed.append(True)
+            if when == "after_the_row":
+                real_log(self, stage, record)
+            raise KeyboardInterrupt("killed")
+        real_log(self, stage, record)
+
+    monkeypatch.setattr(Run, "log", log_then_die)
+    stage = f"ppo_kill_{when}"
+    with pytest.raises(KeyboardInterrupt):
+        stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", 3, 1e-5)
+    resumed = stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", 3, 1e-5)
+    assert {k: resumed[k] for k in PPO_FIGURES} == {k: clean[k] for k in PPO_FIGURES}
+    assert [r["step"] for r in run.step_rows(stage)] == [1, 2, 3]
+    assert [r["score_mean"] for r in run.step_rows(stage)] == [r["score_mean"] for r in run.step_rows("ppo_clean")]
+
+
+def test_step_rows_keep_each_step_once_from_the_latest_attempt(tmp_path):
+    run = Run(tmp_path, {"seed": 0})
+    for step, v in ((1, "a"), (2, "a"), (2, "b"), (3, "b"), (1, "c"), (2, "c")):  # dup step 2, restart at 1
+        run.log("ppo", {"step": step, "v": v})
+    run.log("ppo", {"event": "done"})
+    assert [(r["step"], r["v"]) for r in run.step_rows("ppo")] == [(1, "c"), (2, "c")]
+
+
+def test_a_torn_metrics_line_does_not_swallow_the_next_row(tmp_path):
+    run = Run(tmp_path, {"seed": 0})
+    run.log("ppo", {"step": 1})
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"stage": "ppo", "step": 2, "sco')  # killed mid-append
+    run.log("ppo", {"step": 2})
+    assert [r["step"] for r in run.step_rows("ppo")] == [1, 2]
+
+
+class _RunsCode:
+    """Unpickling this calls print: any callable would do, os.system included."""
+
+    def __reduce__(self):
+        return (print, ("PWNED: code ran while loading a checkpoint",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(finished_run, capsys):
+    import torch
+
+    from ppolab.errors import UserError
+    from ppolab.pipeline import stages
+
+    run, cfg, _ = finished_run
+    ckpt = run / ".ppo_evil.checkpoint.pt"
+    torch.save({"step": 1, "payload": _RunsCode()}, ckpt)
+    with pytest.raises(UserError, match=r"\.ppo_evil\.checkpoint\.pt: not a loadable ppolab checkpoint"):
+        stages.stage_ppo(run, cfg, "ppo_evil", run / "sft", run / "reward_model_coldstart", run / "evil_out", 2, 1e-5)
+    assert "PWNED" not in capsys.readouterr().out
+
+
+def test_stale_temporaries_are_removed_when_a_stage_starts(tmp_path, monkeypatch):
+    import ppolab.pipeline.stages as stages
+
+    monkeypatch.setattr(stages, "stage_sft", lambda *a, **k: {})
+    run = Run(tmp_path / "run", {"seed": 0})
+    orphan = run / "..ppo_coldstart.checkpoint.pt.k2j4x9.tmp"
+    orphan.write_bytes(b"\0" * 1000)
+    orphan_dir = run / ".sft.abc123.tmp"
+    (orphan_dir / "nested").mkdir(parents=True)
+    (run / "plots").mkdir()
+    nested = run / "plots" / ".chrf.png.q1w2e3.tmp"
+    nested.write_bytes(b"x")
+    keep = [run / ".ppo_coldstart.checkpoint.pt", run / "notes.tmp", run / "run.json"]
+    keep[0].write_bytes(b"checkpoint")
+    keep[1].write_text("mine")
+    run_pipeline(run, merge(get_preset("fast"), MICRO), only=["sft"])
+    assert not orphan.exists() and not orphan_dir.exists() and not nested.exists()
+    assert all(p.exists() for p in keep)
+
+
+def test_an_interrupted_directory_swap_is_undone(tmp_path):
+    from ppolab.io import remove_stale_temporaries
+
+    (tmp_path / ".sft.old").mkdir()
+    (tmp_path / ".sft.old" / "model.safetensors").write_text("weights")
+    (tmp_path / ".sft.zz9.tmp").mkdir()  # killed between atomic_dir's two renames
+    remove_stale_temporaries(tmp_path)
+    assert (tmp_path / "sft" / "model.safetensors").read_text() == "weights"
+    assert not (tmp_path / ".sft.zz9.tmp").exists() and not (tmp_path / ".sft.old").exists()

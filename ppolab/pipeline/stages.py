@@ -6,7 +6,9 @@ SFT -> synthetic preferences -> reward model (cold start) -> PPO (cold start)
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import re
 import threading
 import time
 import urllib.request
@@ -18,7 +20,8 @@ import torch
 
 from ..config import GenerationConfig, ModelConfig, PPOConfig
 from ..data import build_prompt, load_shipped_corpus
-from ..io import atomic_open
+from ..errors import UserError
+from ..io import atomic_open, remove_stale_temporaries
 from ..metrics import sentence_chrf
 from ..models import Reference, RewardModel, ValueModel, build_tiny_causal_lm, build_tokenizer, load_causal_lm
 from ..sft.translate import TARGET_SEPARATOR, evaluate_translation, translate
@@ -200,6 +203,42 @@ def _ppo_prompts(cfg: dict, tok) -> list[str]:
     return [build_prompt(ex.source, ex.src_lang, ex.tgt_lang, tok) for ex in _split(cfg, "train")]
 
 
+def _save_checkpoint(path: Path, trainer, step: int, record: dict) -> None:
+    """Everything a resumed stage needs, as tensors and plain data only (loadable with weights_only)."""
+    state = {"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict(),
+             "policy_optimizer": trainer.policy_optimizer.state_dict(),
+             "value_optimizer": trainer.value_optimizer.state_dict(),
+             "kl_controller": dict(trainer.kl_controller.__dict__), "step": step, "rng": torch.get_rng_state(), "record": record}
+    with atomic_open(path, "wb", encoding=None) as f:
+        torch.save(state, f)
+
+
+def _load_checkpoint(path: Path, trainer) -> tuple[int, dict]:
+    """Restore the trainer from `path`; return the number of steps done and the last step's row.
+
+    `weights_only=True`: a run directory may be shared or copied, and unpickling arbitrary objects
+    would run any code a crafted file holds. Anything beyond tensors and plain data is refused.
+    """
+    try:
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:  # an object that is not a tensor or plain data
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it holds {found.group(1)}" if found else "it holds objects other than tensors and plain data"
+        raise UserError(f"{path}: not a loadable ppolab checkpoint: {what}, and loading it could run code; "
+                        "delete it to restart the stage") from None
+    except Exception as e:  # truncated, or not a torch file at all
+        raise UserError(f"{path}: not a loadable ppolab checkpoint: unreadable ({type(e).__name__}); "
+                        "delete it to restart the stage") from None
+    trainer.policy.load_state_dict(state["policy"])
+    trainer.value.load_state_dict(state["value"])
+    trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
+    trainer.value_optimizer.load_state_dict(state["value_optimizer"])
+    trainer.kl_controller.__dict__.update(state["kl_controller"])
+    trainer.steps_done = state["step"]
+    torch.set_rng_state(state["rng"])
+    return state["step"], state["record"]
+
+
 def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Path, out: Path,
               steps: int, lr: float, overrides: dict | None = None) -> dict:
     """PPO from `policy_dir` against the reward model in `reward_dir`, KL-anchored to `policy_dir`.
@@ -232,15 +271,10 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     ckpt = run / f".{stage}.checkpoint.pt"
     start = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        trainer.policy.load_state_dict(state["policy"])
-        trainer.value.load_state_dict(state["value"])
-        trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        trainer.value_optimizer.load_state_dict(state["value_optimizer"])
-        trainer.kl_controller.__dict__.update(state["kl_controller"])
-        trainer.steps_done = start = state["step"]
-        torch.set_rng_state(state["rng"])
+        start, record = _load_checkpoint(ckpt, trainer)
         print(f"{stage}: resuming at step {start} from {ckpt}")
+        if start not in {r["step"] for r in run.step_rows(stage)}:
+            run.log(stage, record)  # killed after the checkpoint, before its metrics row
 
     from tqdm.auto import tqdm
 
@@ -251,17 +285,14 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
         record = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         record["timings"] = stats["timings"]
         record["sample"] = stats["generated_texts"][0]
+        # Checkpoint first (it carries this step's row), metrics row second: a kill between the two
+        # neither re-runs the step nor loses its row; the resumed stage logs it from the checkpoint.
+        _save_checkpoint(ckpt, trainer, step + 1, record)
         run.log(stage, record)
-        with atomic_open(ckpt, "wb", encoding=None) as f:
-            torch.save({"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict(),
-                        "policy_optimizer": trainer.policy_optimizer.state_dict(),
-                        "value_optimizer": trainer.value_optimizer.state_dict(),
-                        "kl_controller": dict(trainer.kl_controller.__dict__), "step": step + 1,
-                        "rng": torch.get_rng_state()}, f)
     policy = trainer.policy.merge_and_unload() if hasattr(trainer.policy, "merge_and_unload") else trainer.policy
     save_sft(policy, tok, out)
     ev = _evaluate(policy, tok, cfg)
-    rows = [r for r in run.metrics(stage) if "score_mean" in r][-steps:]
+    rows = [r for r in run.step_rows(stage) if "score_mean" in r][-steps:]
     k = max(1, len(rows) // 10)
     mean = lambda key, part: float(sum(r[key] for r in part) / len(part))  # noqa: E731
     result = {
@@ -414,6 +445,8 @@ def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
             print(f"[{name}] already complete in {run.path}; skipping")
             continue
         print(f"[{name}] running ...", flush=True)
+        for stale in remove_stale_temporaries(run.path):
+            print(f"[{name}] removed {stale}, left by an interrupted write", flush=True)
         # Each stage starts from its own seed, so a stage gives the same result whether the stages
         # before it ran in this process or in an earlier one (a resumed run equals a fresh one).
         torch.manual_seed(cfg["seed"] * 1_000 + i)
