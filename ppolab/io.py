@@ -1,4 +1,5 @@
-"""Atomic file writing: temp file in the same folder, fsync, rename. A crash never leaves half a file."""
+"""File helpers. Atomic writing: temp file in the same folder, fsync, rename, so a crash never leaves
+half a file; and a strict UTF-8 reader whose error names the file and line."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import UserError
 
 
 def _temp_name(path: Path) -> dict:
@@ -31,6 +34,20 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_utf8(path: str | os.PathLike, what: str = "file") -> str:
+    """A UTF-8 text file, or one `UserError` naming it (and the line of the first bad byte)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found" if not path.exists() else f"{path}: not a file")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: invalid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
+                        "save the file as UTF-8") from None
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -23,9 +23,11 @@ from ..data import build_prompt, load_shipped_corpus
 from ..errors import UserError
 from ..io import atomic_open, remove_stale_temporaries
 from ..metrics import sentence_chrf
+from ..model_files import check_model_folder
 from ..models import Reference, RewardModel, ValueModel, build_tiny_causal_lm, build_tokenizer, load_causal_lm
 from ..sft.translate import TARGET_SEPARATOR, evaluate_translation, translate
 from .run import Run
+from .validate import validate_settings
 
 LANGS = {"eng->arb": ("eng", "arb"), "fra->arb": ("fra", "arb")}
 
@@ -93,6 +95,7 @@ def stage_sft(run: Run, cfg: dict) -> dict:
 def _load_policy(path: Path):
     from ..sft import load_sft
 
+    check_model_folder(path, "policy")
     return load_sft(path)
 
 
@@ -420,6 +423,7 @@ def stage_reward_model_human(run: Run, cfg: dict) -> dict:
 # -- the whole loop --------------------------------------------------------------------------------
 def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
     """Run every stage not yet completed, in order; return all stage results."""
+    validate_settings(cfg)  # every setting, before any stage writes anything
     if cfg.get("device", "cpu") == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("this preset needs a CUDA GPU (device=cuda) and none is visible; "
                            "use --preset cpu-test or fast on a CPU")
