@@ -10,7 +10,11 @@ Routes:
 
 Every error is a 4xx/5xx JSON ``{"error": message}`` and changes nothing.
 The server binds to 127.0.0.1 by default: it has no authentication, so it
-should only be exposed to a network you trust.
+should only be exposed to a network you trust. It answers only requests whose
+``Host`` header names it (127.0.0.1, localhost, [::1], the host it was started
+on, and any ``allowed_hosts``): a page on another site whose name resolves to
+127.0.0.1 (DNS rebinding) gets 421 and reads nothing. A client that stalls for
+``client_timeout`` seconds is disconnected, so it cannot hold a thread forever.
 
 Items normally come pre-filled by the pipeline. Optionally, with a
 ``candidate_source`` and a list of ``sources``, the server generates a new
@@ -21,6 +25,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import json
+import socket
 import sys
 import threading
 import traceback
@@ -30,11 +35,13 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import parse_qs, urlsplit
 
-from ppolab.feedback.store import CandidateSource, FeedbackError, FeedbackItem, FeedbackStore
+from ppolab.feedback.store import CandidateSource, FeedbackError, FeedbackItem, FeedbackStore, check_item_id
 
 __all__ = ["FeedbackServer", "make_server", "serve", "MAX_BODY_BYTES"]
 
 MAX_BODY_BYTES = 64 * 1024  # a submission is a few hundred bytes; this is generous
+CLIENT_TIMEOUT_S = 30.0  # a request line, headers or body not sent within this: the connection is closed
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 _DRAIN_LIMIT = 1024 * 1024  # read (and drop) an oversized body up to this, so the client sees our 413
 PAGE_PATH = Path(__file__).with_name("page.html")
 
@@ -79,7 +86,14 @@ class FeedbackServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], store: FeedbackStore,
                  candidate_source: CandidateSource | None = None, model_version: str = "",
-                 sources: Iterable[Any] = (), quiet: bool = True) -> None:
+                 sources: Iterable[Any] = (), quiet: bool = True, *,
+                 allowed_hosts: Iterable[str] = (), client_timeout: float = CLIENT_TIMEOUT_S) -> None:
+        host = address[0].strip("[]")
+        address = (host, *address[1:])
+        if ":" in host:
+            self.address_family = socket.AF_INET6  # e.g. --host ::1
+        self.allowed_hosts = {_host_name(h) for h in (*LOOPBACK_NAMES, host, *allowed_hosts) if h}
+        self.client_timeout = client_timeout
         self.store = store
         self.candidate_source = candidate_source
         self.model_version = model_version
@@ -134,11 +148,37 @@ class FeedbackServer(ThreadingHTTPServer):
             print(f"[feedback] {message}", file=sys.stderr)
 
 
+def _host_name(host: str) -> str:
+    """The name part of a Host header or address, lower-case, without port or IPv6 brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    if host.count(":") == 1:  # name:port (an IPv6 address without brackets has several colons)
+        host = host.split(":")[0]
+    return host.rstrip(".")
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: FeedbackServer
     server_version = "ppolab-feedback"
 
     # -- plumbing ------------------------------------------------------------
+
+    def setup(self) -> None:
+        # StreamRequestHandler applies `timeout` to the socket: a stalled read raises instead of
+        # blocking this thread forever.
+        self.timeout = self.server.client_timeout
+        super().setup()
+
+    def _check_host(self) -> None:
+        host = self.headers.get("Host")
+        if host is None:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "a Host header is required")
+        if _host_name(host) not in self.server.allowed_hosts:
+            # DNS rebinding: another site's name now resolving to this address. Answer nothing.
+            raise _HttpError(HTTPStatus.MISDIRECTED_REQUEST,
+                             f"this server does not answer for host {host!r}; "
+                             f"use one of {', '.join(sorted(self.server.allowed_hosts))}")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
         self.server.log(f"{self.address_string()} {format % args}")
@@ -161,6 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, routes: dict[str, Any]) -> None:
         try:
+            self._check_host()
             url = urlsplit(self.path)
             route = routes.get(url.path)
             if route is None:
@@ -211,13 +252,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.read(length)
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                              f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}")
-        raw = self.rfile.read(length)
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise _HttpError(HTTPStatus.REQUEST_TIMEOUT,
+                             f"request body not received within {self.server.client_timeout:g} s") from None
         if len(raw) != length:
             raise _HttpError(HTTPStatus.BAD_REQUEST, "request body shorter than Content-Length")
         try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            body = json.loads(raw.decode("utf-8"))
+            # JSON may spell lone surrogates (\ud800), which are not text: refuse them here, not
+            # as a 500 when SQLite or the response encoder meets them.
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError, json.JSONDecodeError) as e:
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"body is not valid UTF-8 JSON: {e}") from None
+        except RecursionError:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "body is nested too deeply") from None
+        return body
 
     # -- routes --------------------------------------------------------------
 
@@ -235,8 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
         for part in ",".join(query.get("skip", [])).split(","):
             if part.strip():
                 try:
-                    skip.append(int(part))
-                except ValueError:
+                    skip.append(check_item_id(int(part), "skip"))
+                except (ValueError, FeedbackError):
                     raise _HttpError(HTTPStatus.BAD_REQUEST,
                                      f"skip must be comma-separated item ids, got {part!r}") from None
         item = self.server.next_item(names[0], skip)
@@ -281,20 +333,24 @@ def _as_store(store: FeedbackStore | str | Path) -> FeedbackStore:
 
 def make_server(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port: int = 0,
                 candidate_source: CandidateSource | None = None, model_version: str = "",
-                *, sources: Iterable[Any] = (), quiet: bool = True) -> FeedbackServer:
+                *, sources: Iterable[Any] = (), quiet: bool = True, allowed_hosts: Iterable[str] = (),
+                client_timeout: float = CLIENT_TIMEOUT_S) -> FeedbackServer:
     """Create (not start) the server; ``port=0`` picks a free port (see ``.url``).
 
     Run it with ``server.serve_forever()`` (e.g. in a thread) and stop it with
     ``server.shutdown(); server.server_close()``. ``sources`` are
     ``(text, direction)`` pairs or ``{"source", "direction", "reference"?}``
     dicts turned into items through ``candidate_source`` on demand, stamped
-    with ``model_version``.
+    with ``model_version``. ``allowed_hosts``: more names the ``Host`` header
+    may carry (e.g. this machine's name when listening on 0.0.0.0).
     """
     return FeedbackServer((host, port), _as_store(store), candidate_source=candidate_source,
-                          model_version=model_version, sources=sources, quiet=quiet)
+                          model_version=model_version, sources=sources, quiet=quiet,
+                          allowed_hosts=allowed_hosts, client_timeout=client_timeout)
 
 
 def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:
@@ -305,10 +361,10 @@ def _is_loopback(host: str) -> bool:
 
 def serve(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port: int = 8000,
           candidate_source: CandidateSource | None = None, model_version: str = "",
-          *, sources: Iterable[Any] = (), quiet: bool = False) -> None:
+          *, sources: Iterable[Any] = (), quiet: bool = False, allowed_hosts: Iterable[str] = ()) -> None:
     """Serve the annotation page until Ctrl-C."""
     server = make_server(store, host, port, candidate_source, model_version,
-                         sources=sources, quiet=quiet)
+                         sources=sources, quiet=quiet, allowed_hosts=allowed_hosts)
     if not _is_loopback(host):
         print(f"warning: listening on {host}: anyone who can reach this address can read "
               "items and submit feedback (there is no authentication)", file=sys.stderr)
