@@ -9,7 +9,7 @@ from ppolab.pipeline.presets import merge, parse_override
 MICRO = {
     "tokenizer": {"vocab_size": 400},
     "model": {"n_layers": 1, "hidden_size": 32, "n_heads": 2, "n_kv_heads": 1, "intermediate_size": 64},
-    "sft": {"epochs": 1, "batch_size": 32, "eval_limit": 4},
+    "sft": {"epochs": 1, "batch_size": 32, "eval_limit": 4, "max_length": 192},  # longest train row: ~175 tokens of a 400-token BPE
     "synth": {"n_sources": 8, "candidates_per_source": 3, "min_gap": 0.001, "max_new_tokens": 8, "batch_size": 8},
     "reward_model": {"epochs": 1, "batch_size": 8, "normalize_samples": 4, "val_fraction": 0.3},
     "ppo": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "max_new_tokens": 8},
@@ -248,3 +248,27 @@ def test_an_interrupted_directory_swap_is_undone(tmp_path):
     remove_stale_temporaries(tmp_path)
     assert (tmp_path / "sft" / "model.safetensors").read_text() == "weights"
     assert not (tmp_path / ".sft.zz9.tmp").exists() and not (tmp_path / ".sft.old").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate_backbone", "drop_head", "no_folder"])
+def test_a_broken_reward_model_folder_is_named(finished_run, tmp_path, damage):
+    import shutil
+
+    from ppolab.errors import UserError
+    from ppolab.pipeline import stages
+
+    run, cfg, _ = finished_run
+    broken = tmp_path / "rm"
+    shutil.copytree(run / "reward_model_coldstart", broken)
+    if damage == "truncate_backbone":
+        weights = broken / "backbone" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        expected = f"{weights}: truncated"
+    elif damage == "drop_head":
+        (broken / "head.safetensors").unlink()
+        expected = f"{broken / 'head.safetensors'}: missing"
+    else:
+        shutil.rmtree(broken)
+        expected = f"{broken}: no such reward model folder"
+    with pytest.raises(UserError, match=expected.replace(".", r"\.")):
+        stages.stage_ppo(run, cfg, "ppo_broken_rm", run / "sft", broken, tmp_path / "out", 1, 1e-5)

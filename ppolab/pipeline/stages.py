@@ -23,7 +23,7 @@ from ..data import build_prompt, load_shipped_corpus
 from ..errors import UserError
 from ..io import atomic_open, remove_stale_temporaries
 from ..metrics import sentence_chrf
-from ..model_files import check_model_folder
+from ..model_files import check_model_folder, check_reward_folder
 from ..models import Reference, RewardModel, ValueModel, build_tiny_causal_lm, build_tokenizer, load_causal_lm
 from ..sft.translate import TARGET_SEPARATOR, evaluate_translation, translate
 from .run import Run
@@ -97,6 +97,11 @@ def _load_policy(path: Path):
 
     check_model_folder(path, "policy")
     return load_sft(path)
+
+
+def _load_reward(path: Path) -> RewardModel:
+    check_reward_folder(path)  # a missing or half-copied folder: one error naming the file
+    return RewardModel.load(path)
 
 
 # -- synthetic preferences -------------------------------------------------------------------------
@@ -263,7 +268,7 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     # cold-start policy for the final stage (iterated RLHF, as in Llama 2). With LoRA it is the
     # same weights with the adapter off; otherwise a frozen copy.
     ref = Reference(policy)
-    reward = RewardModel.load(reward_dir).eval()
+    reward = _load_reward(reward_dir).eval()
     reward.tokenizer = tok  # same vocabulary (saved from the same tokenizer): score token ids directly
     value = ValueModel.from_reward_model(reward)
     pcfg = PPOConfig(**{k: v for k, v in p.items() if k in _fields(PPOConfig)} | {"lr": lr, "seed": cfg["seed"]})
@@ -369,7 +374,7 @@ def stage_feedback(run: Run, cfg: dict) -> dict:
     if store.stats()["items"] == 0:
         policy, tok = _load_policy(run / "ppo_model_coldstart")
         policy.eval()
-        reward = RewardModel.load(run / "reward_model_coldstart").eval()
+        reward = _load_reward(run / "reward_model_coldstart").eval()
         ranked = _candidates(policy, tok, reward, examples, f["candidates"], cfg["ppo"]["max_new_tokens"])
         store.add_items([{"source": ex.source, "direction": ex.direction, "reference": ex.target,
                           "candidates": [(t, s) for t, s in cands], "model_version": "ppo_model_coldstart"}
@@ -398,7 +403,7 @@ def stage_reward_model_human(run: Run, cfg: dict) -> dict:
     human = [json.loads(line) for line in open(run / "human_preferences.jsonl", encoding="utf-8") if line.strip()]
     if not human:
         raise RuntimeError(f"{run / 'human_preferences.jsonl'}: no human pairs to train on")
-    tok_model = RewardModel.load(run / "reward_model_coldstart")
+    tok_model = _load_reward(run / "reward_model_coldstart")
     tok = tok_model.tokenizer
 
     def to_pair(p):
