@@ -76,7 +76,10 @@ def cmd_demo(args) -> int:
     print(json.dumps(report, indent=2))
     for what, ok, measured in targets(report):
         print(f"  [{'ok' if ok else 'MISSED'}] {what}: {measured}")
-    print(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s this invocation)")
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s this invocation, peak RSS {peak_mb:.0f} MB)")
     return 0
 
 
@@ -155,6 +158,7 @@ def cmd_translate(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
+    from .config import ModelConfig
     from .data import load_parallel
     from .model_files import check_model_folder
     from .sft import load_sft
@@ -166,7 +170,7 @@ def cmd_evaluate(args) -> int:
     if args.limit:
         examples = examples[: args.limit]
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    model, tok = load_sft(args.model)
+    model, tok = load_sft(args.model, ModelConfig(vocab_trim=args.vocab_trim))
     model.eval()
     ev = evaluate_translation(model, tok, examples, max_new_tokens=args.max_new_tokens)
     print(json.dumps({"corpus": args.corpus, "direction": f"{args.src}->{args.tgt}", "n": ev["n"],
@@ -275,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt", default="arb")
     p.add_argument("--limit", type=int)
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--vocab-trim", choices=["arabic"], help="output-head trim, as ModelConfig.vocab_trim "
+                   "(the gemma-cpu preset uses arabic)")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("feedback", help="human feedback: serve the web page, terminal mode, export, import")

@@ -107,11 +107,11 @@ def test_a_new_preset_key_is_checked_by_the_type_of_its_default(monkeypatch):
     from ppolab.pipeline.validate import validate_settings
 
     extra = presets.get_preset("fast")
-    extra["eval"]["flores_limit"] = 50
+    extra["eval"]["brand_new_limit"] = 50
     monkeypatch.setitem(presets.PRESETS, "extra", extra)
-    validate_settings(presets.merge(extra, {"eval": {"flores_limit": 10}}))
-    with pytest.raises(ConfigError, match="eval.flores_limit = 'all': expected an integer"):
-        validate_settings(presets.merge(extra, {"eval": {"flores_limit": "all"}}))
+    validate_settings(presets.merge(extra, {"eval": {"brand_new_limit": 10}}))
+    with pytest.raises(ConfigError, match="eval.brand_new_limit = 'all': expected an integer"):
+        validate_settings(presets.merge(extra, {"eval": {"brand_new_limit": "all"}}))
 
 
 def test_the_pipeline_itself_refuses_bad_settings(tmp_path):

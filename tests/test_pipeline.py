@@ -131,7 +131,7 @@ def test_each_stage_starts_from_its_own_seed(tmp_path, monkeypatch):
     def draw(*args, **kwargs):
         return {"draw": torch.rand(3).tolist()}
 
-    for name in ("stage_sft", "stage_synth", "stage_reward_model", "stage_ppo", "stage_feedback",
+    for name in ("stage_base", "stage_sft", "stage_synth", "stage_reward_model", "stage_ppo", "stage_feedback",
                  "stage_reward_model_human"):
         monkeypatch.setattr(stages, name, draw)
     cfg = merge(get_preset("fast"), MICRO)

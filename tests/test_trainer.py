@@ -67,25 +67,20 @@ def test_gradient_accumulation_matches_one_big_minibatch():
         assert torch.allclose(a, b, atol=1e-5), n
 
 
-def test_reward_model_and_sequence_classifier_rewards():
-    from transformers import AutoModelForSequenceClassification
-
-    from ppolab.config import ModelConfig
-    from ppolab.models import tiny_lm_config
+def test_reward_model_scores_the_text_it_was_trained_and_normalised_on():
+    from ppolab.models.scalar import reward_text
 
     tok = tiny_tokenizer()
     rm = RewardModel.from_causal_lm(tiny_policy(), tok)
+    rm.set_normalization(0.3, 2.0)
     t = make_trainer(reward=rm)
     roll = t.rollout(PROMPTS * 2)
-    by_ids = t.score(roll)
-    for i in range(len(roll)):  # the score sits at each row's last valid token (EOS when present)
-        ids = torch.cat([roll.prompt_ids[i][roll.prompt_mask[i].bool()], roll.response_ids[i][roll.mask[i].bool()]])
-        alone = rm.score_ids(ids[None], torch.ones_like(ids)[None])
-        assert torch.allclose(by_ids[i], alone[0], atol=1e-4)
-    cfg = tiny_lm_config(ModelConfig(arch="llama", hidden_size=32, n_heads=4, intermediate_size=64), tok)
-    cfg.num_labels = 1
-    t.reward = AutoModelForSequenceClassification.from_config(cfg)
-    assert t.score(roll).shape == (8,)
+    scores = t.score(roll)
+    for i in range(len(roll)):  # prompt + response + EOS, tokenized alone, scored at its last token
+        ids = torch.tensor(tok(reward_text(roll.prompts[i], roll.response_texts[i], tok.eos_token),
+                               add_special_tokens=False)["input_ids"])
+        alone = (rm.score_last(ids[None], torch.ones_like(ids)[None]) - 0.3) / 2.0
+        assert torch.allclose(scores[i], alone[0], atol=1e-4)
 
 
 def test_non_finite_reward_is_an_error_naming_the_response():

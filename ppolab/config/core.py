@@ -43,12 +43,18 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0  # dropout stays off in PPO (Huang et al. 2024)
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    value_init: str = "policy"  # "policy": trunk copied from the policy; "reward": from the reward model
-    value_head_hidden: int = 0  # 0: linear head; >0: MLP head of this width
+    # The value model in the pipeline's PPO stages: "shared" = a head on the policy's own trunk,
+    # "policy" = a copy of the policy's trunk + fresh head, "reward" = a copy of the reward model
+    # (trunk and head, its normalisation folded in). See ppolab.models.build_value_model.
+    value_init: str = "reward"
+    value_head_hidden: int = 0  # fresh value heads ("shared", "policy"): 0 linear, >0 MLP of this width
     dtype: str = "float32"  # "float32", "bfloat16" or "float16"
     load_in_4bit: bool = False  # bitsandbytes (extra "quant")
     load_in_8bit: bool = False
     gradient_checkpointing: bool = False
+    # None: the full output head. "arabic": the head computes only tokens an Arabic translation can
+    # need (ppolab.models.vocab_trim), ~13x fewer rows for Gemma 3's 262k vocabulary.
+    vocab_trim: str | None = None
     seed: int = 0
 
     def validate(self) -> "ModelConfig":
@@ -60,9 +66,12 @@ class ModelConfig:
         _check(self.n_heads % self.n_kv_heads == 0, c, "n_kv_heads", "must divide n_heads")
         _check(self.lora_r >= 1, c, "lora_r", f"must be >= 1, got {self.lora_r}")
         _check(0.0 <= self.lora_dropout < 1.0, c, "lora_dropout", "must be in [0, 1)")
-        _check(self.value_init in ("policy", "reward"), c, "value_init", "must be 'policy' or 'reward'")
+        _check(self.value_init in ("shared", "policy", "reward"), c, "value_init",
+               f"must be 'shared', 'policy' or 'reward', got {self.value_init!r}")
+        _check(self.value_head_hidden >= 0, c, "value_head_hidden", "must be >= 0")
         _check(self.dtype in ("float32", "bfloat16", "float16"), c, "dtype", f"unknown dtype {self.dtype!r}")
         _check(not (self.load_in_4bit and self.load_in_8bit), c, "load_in_4bit", "4-bit and 8-bit are exclusive")
+        _check(self.vocab_trim in (None, "arabic"), c, "vocab_trim", f"must be null or 'arabic', got {self.vocab_trim!r}")
         return self
 
 
@@ -76,6 +85,9 @@ class GenerationConfig:
     top_p: float = 1.0  # 1.0: off
     max_prompt_length: int = 256  # longer prompts are an error, not silently truncated
     stop_at_eos: bool = True  # False samples exactly max_new_tokens (benchmarks)
+    # Few-shot prompts of base models put one answer per line: a token containing a newline then
+    # ends the response as EOS does (masked after it, `has_eos` true, the text cut before it).
+    stop_at_newline: bool = False
     # The rollout's policy log-probs: taken from the sampling loop's logits (True), or recomputed by
     # one more policy forward over prompt + response (False). None: taken at sampling when the logits
     # are fp32, where the two agree to ~1e-6; recomputed in bf16/fp16, where cached decoding and a

@@ -9,9 +9,13 @@ from ppolab.data.loaders import (
     load_shipped_corpus,
     shipped_corpus_dir,
 )
-from ppolab.data.templates import CHAT_INSTRUCTIONS, LANG_NAMES, PROMPT_TEMPLATES, build_prompt
+from ppolab.data.templates import (
+    CHAT_INSTRUCTIONS, FEWSHOT_EXAMPLES, LANG_NAMES, PROMPT_FORMATS, PROMPT_TEMPLATES, bos_prefix, build_prompt,
+    prompt_format, stops_at_newline,
+)
 
 __all__ = [
+    "FEWSHOT_EXAMPLES", "PROMPT_FORMATS", "bos_prefix", "prompt_format", "stops_at_newline",
     "CHAT_INSTRUCTIONS",
     "CorpusError",
     "LANG_NAMES",

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CHAT_INSTRUCTIONS", "LANG_NAMES", "PROMPT_TEMPLATES", "build_prompt"]
+__all__ = ["CHAT_INSTRUCTIONS", "FEWSHOT_EXAMPLES", "LANG_NAMES", "PROMPT_FORMATS", "PROMPT_TEMPLATES", "bos_prefix",
+           "build_prompt", "prompt_format", "stops_at_newline"]
 
 LANG_NAMES = {"eng": "English", "fra": "French", "arb": "Arabic"}
 
@@ -35,6 +36,63 @@ CHAT_INSTRUCTIONS: dict[tuple[str, str], str] = {
     ("eng", "arb"): "Translate English to Arabic:\n{source}",
     ("fra", "arb"): "Translate French to Arabic:\n{source}",
 }
+
+
+PROMPT_FORMATS = ("plain", "fewshot")
+
+# Few-shot examples for base models (no chat template, no instruction tuning). Written for this
+# file, none taken from the corpus's splits, so no test or FLORES sentence leaks into a prompt.
+FEWSHOT_EXAMPLES: dict[str, list[tuple[str, str]]] = {
+    "eng": [
+        ("Where is the train station?", "أين محطة القطار؟"),
+        ("I would like a cup of coffee, please.", "أريد فنجان قهوة، من فضلك."),
+        ("The meeting starts at nine in the morning.", "يبدأ الاجتماع في التاسعة صباحًا."),
+    ],
+    "fra": [
+        ("Où est la gare ?", "أين محطة القطار؟"),
+        ("Je voudrais une tasse de café, s'il vous plaît.", "أريد فنجان قهوة، من فضلك."),
+        ("La réunion commence à neuf heures du matin.", "يبدأ الاجتماع في التاسعة صباحًا."),
+    ],
+}
+
+
+def prompt_format(tokenizer: Any) -> str:
+    """The format a model's prompts use: set on its tokenizer (`ppolab_prompt.json` in its folder,
+    see `ppolab.models.load_tokenizer`), "plain" when unset."""
+    fmt = getattr(tokenizer, "ppolab_prompt_format", None) or "plain"
+    if fmt not in PROMPT_FORMATS:
+        raise ValueError(f"prompt format {fmt!r}: expected one of {PROMPT_FORMATS}")
+    return fmt
+
+
+def stops_at_newline(tokenizer: Any) -> bool:
+    """Few-shot prompts put one translation per line: a newline ends the response like EOS does."""
+    return prompt_format(tokenizer) == "fewshot"
+
+
+def bos_prefix(tokenizer: Any) -> str:
+    """The BOS token's text when the tokenizer adds one by default (Gemma, Llama), else "".
+
+    ppolab encodes prompts with `add_special_tokens=False` everywhere (SFT, PPO, reward model,
+    evaluation), so the BOS lives in the prompt string and every stage sees it exactly once.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    if tokenizer is None or bos is None:
+        return ""
+    cached = getattr(tokenizer, "_ppolab_adds_bos", None)
+    if cached is None:
+        cached = tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+        try:
+            tokenizer._ppolab_adds_bos = cached
+        except AttributeError:
+            pass
+    return bos if cached else ""
+
+
+def _fewshot_prompt(source: str, src_lang: str, tgt_lang: str) -> str:
+    src_name, tgt_name = LANG_NAMES[src_lang], LANG_NAMES[tgt_lang]
+    shots = "".join(f"{src_name}: {s}\n{tgt_name}: {t}\n" for s, t in FEWSHOT_EXAMPLES[src_lang])
+    return f"{shots}{src_name}: {source}\n{tgt_name}:"
 
 
 def build_prompt(source: str, src_lang: str, tgt_lang: str, tokenizer: Any = None) -> str:
@@ -66,4 +124,6 @@ def build_prompt(source: str, src_lang: str, tgt_lang: str, tokenizer: Any = Non
                 f"tokenizer.apply_chat_template(tokenize=False) returned {type(prompt).__name__}, expected str"
             )
         return prompt
-    return PROMPT_TEMPLATES[key].format(source=source)
+    if prompt_format(tokenizer) == "fewshot":
+        return bos_prefix(tokenizer) + _fewshot_prompt(source, src_lang, tgt_lang)
+    return bos_prefix(tokenizer) + PROMPT_TEMPLATES[key].format(source=source)

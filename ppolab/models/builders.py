@@ -27,15 +27,32 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+_DROPOUT_NAMES = ("dropout", "pdrop", "drop_prob")  # attribute names that hold a dropout probability
+
+
+def _is_dropout_name(name: str) -> bool:
+    name = name.lower()
+    return any(n in name for n in _DROPOUT_NAMES)
+
+
 def disable_dropout(model: nn.Module) -> nn.Module:
-    """Dropout off everywhere: PPO's ratio must compare the same function before and after."""
+    """Dropout off everywhere: PPO's ratio must compare the same function before and after.
+
+    Three places hold a dropout probability, and all three are zeroed: `nn.Dropout` modules
+    (LoRA's `lora_dropout` included), float attributes that modules copied from their config at
+    construction (Hugging Face attention layers keep `self.attention_dropout` and pass it to the
+    attention kernel in `train()`), and the config fields themselves (for modules built later).
+    """
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-    cfg = getattr(model, "config", None)
-    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
-        if cfg is not None and isinstance(getattr(cfg, name, None), float):
-            setattr(cfg, name, 0.0)
+        for name, value in list(vars(m).items()):
+            if isinstance(value, float) and not isinstance(value, bool) and _is_dropout_name(name):
+                setattr(m, name, 0.0)
+        cfg = getattr(m, "config", None)
+        for name, value in list(getattr(cfg, "__dict__", {}).items()):
+            if isinstance(value, float) and _is_dropout_name(name):
+                setattr(cfg, name, 0.0)
     return model
 
 
@@ -104,7 +121,10 @@ def load_causal_lm(path: str, cfg: ModelConfig | None = None) -> nn.Module:
 
     from transformers import AutoModelForCausalLM
 
+    from .pretrained import resolve_model_path
+
     cfg = cfg or ModelConfig()
+    path = resolve_model_path(path)
     if not Path(path).exists():
         raise FileNotFoundError(f"model checkpoint not found: {path} (ppolab never downloads weights)")
     quant = _quantization_config(cfg)
@@ -123,9 +143,16 @@ def load_causal_lm(path: str, cfg: ModelConfig | None = None) -> nn.Module:
 
 
 def load_tokenizer(path: str):
+    """A checkpoint's tokenizer, left-padding, with a pad token (EOS when it has none)."""
     from transformers import AutoTokenizer
 
+    from .pretrained import resolve_model_path
+
+    from .tokenizer import read_prompt_format
+
+    path = resolve_model_path(path)
     tok = AutoTokenizer.from_pretrained(path)
+    tok.ppolab_prompt_format = read_prompt_format(path)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..io import atomic_dir, write_json
 from .builders import base_trunk, disable_dropout, position_ids_from_mask
+from .tokenizer import save_prompt_format
 
 
 class ScalarHead(nn.Module):
@@ -94,8 +95,16 @@ class ValueModel(ScalarModel):
 
     @classmethod
     def from_reward_model(cls, reward: "RewardModel") -> "ValueModel":
+        """A value model on a copy of the reward model's trunk and head, starting at the
+        *normalised* reward that PPO uses: the normalisation `(s - mean) / std` is folded into the
+        head's last layer (the head weights sum to 1, so shifting every output shifts their mix)."""
         value = cls(copy.deepcopy(reward.backbone), reward.head.hidden, reward.head_names, reward.head_weights.tolist())
         value.head.load_state_dict(reward.head.state_dict())
+        last = value.head.net[-1] if value.head.hidden > 0 else value.head.net
+        with torch.no_grad():
+            std, mean = float(reward.norm_std), float(reward.norm_mean)
+            last.weight.div_(std)
+            last.bias.sub_(mean).div_(std)
         for p in value.parameters():
             p.requires_grad_(True)
         return value
@@ -158,6 +167,7 @@ class RewardModel(ScalarModel):
             self.backbone.save_pretrained(tmp / "backbone")
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp / "backbone")
+                save_prompt_format(self.tokenizer, tmp / "backbone")
             state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
             save_file(state, str(tmp / "head.safetensors"))
             write_json(tmp / "reward_config.json", {
@@ -166,8 +176,10 @@ class RewardModel(ScalarModel):
             })
 
     @classmethod
-    def load(cls, path: str | Path) -> "RewardModel":
-        """Load our format, or wrap a sequence-classification checkpoint (its `score` layer as head)."""
+    def load(cls, path: str | Path, model_config=None) -> "RewardModel":
+        """Load our format, or wrap a sequence-classification checkpoint (its `score` layer as head).
+
+        `model_config` (a `ModelConfig`) sets the backbone's dtype; the head stays fp32."""
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoModelForSequenceClassification
 
@@ -176,14 +188,15 @@ class RewardModel(ScalarModel):
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"reward model checkpoint not found: {path}")
+        dtype = getattr(torch, model_config.dtype) if model_config is not None else torch.float32
         if (path / "reward_config.json").exists():
             meta = json.loads((path / "reward_config.json").read_text())
-            backbone = AutoModel.from_pretrained(path / "backbone")
+            backbone = AutoModel.from_pretrained(path / "backbone", dtype=dtype)
             tok = load_tokenizer(str(path / "backbone")) if (path / "backbone" / "tokenizer_config.json").exists() else None
             model = cls(backbone, meta["head_hidden"], meta["head_names"], meta["head_weights"], tok)
             model.load_state_dict(load_file(str(path / "head.safetensors")), strict=False)
             return model.eval()
-        seq = AutoModelForSequenceClassification.from_pretrained(path)
+        seq = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
         if seq.config.num_labels != 1:
             raise ValueError(f"{path}: sequence-classification reward model must have num_labels=1")
         model = cls(seq.model, 0, ("reward",), None, load_tokenizer(str(path)))

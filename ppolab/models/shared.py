@@ -41,3 +41,18 @@ def value_head_on_policy(policy: nn.Module, head_hidden: int = 0) -> ValueModel:
     value.head.to(device)
     value.head_weights = value.head_weights.to(device)
     return value
+
+
+def build_value_model(policy: nn.Module, reward=None, value_init: str = "reward", head_hidden: int = 0) -> ValueModel:
+    """The value model named by `ModelConfig.value_init`: "shared" (a head on the policy's trunk),
+    "policy" (a copy of the policy's trunk, fresh head) or "reward" (a copy of the reward model,
+    starting at the normalised reward PPO uses)."""
+    if value_init == "shared":
+        return value_head_on_policy(policy, head_hidden)
+    if value_init == "policy":
+        return ValueModel.from_policy(policy, head_hidden)
+    if value_init == "reward":
+        if reward is None or not hasattr(reward, "head"):
+            raise ValueError("value_init='reward' needs a ppolab RewardModel")
+        return ValueModel.from_reward_model(reward)
+    raise ValueError(f"value_init: unknown {value_init!r}; expected 'shared', 'policy' or 'reward'")

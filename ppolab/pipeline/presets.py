@@ -14,12 +14,14 @@ CPU_TEST = {
     "threads": 1,  # torch intra-op threads: tiny models gain little from a 2nd, and lose 10x when the CPU is busy
     "tokenizer": {"vocab_size": 2000},
     "model": {"arch": "llama", "n_layers": 3, "hidden_size": 192, "n_heads": 4, "n_kv_heads": 2,
-              "intermediate_size": 512, "max_position_embeddings": 256, "lora": False},
-    "sft": {"epochs": 8, "lr": 1e-3, "batch_size": 16, "max_length": 160, "eval_limit": 40},
+              "intermediate_size": 512, "max_position_embeddings": 256, "lora": False,
+              "value_init": "reward"},
+    "prompt": {"format": None},  # None: the model's own (plain for tiny models; see ppolab.data.templates)
+    "sft": {"epochs": 8, "lr": 1e-3, "batch_size": 16, "max_length": 160, "eval_limit": 40, "train_limit": None},
     "synth": {"n_sources": 300, "candidates_per_source": 6, "min_gap": 0.05, "max_pairs_per_source": 3,
               "pair_strategy": "all_above_threshold", "max_new_tokens": 48, "batch_size": 50},
     "reward_model": {"epochs": 2, "lr": 1e-4, "batch_size": 16, "head_hidden": 0, "max_length": 160,
-                     "val_fraction": 0.15, "normalize_samples": 64,
+                     "val_fraction": 0.15, "normalize_samples": 64, "top_layers": 0,
                      "reference_pairs": False},
     "ppo": {"steps": 40, "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "lr": 5e-5,
             "kl_coef": 0.1, "vf_coef": 0.1, "whiten_advantages": True, "max_new_tokens": 48,
@@ -30,7 +32,9 @@ CPU_TEST = {
     # The final stage learns from a noisier, smaller human-feedback reward model: a larger batch
     # keeps its per-step reward estimate steady; the learning rate is lower than the cold start's.
     "ppo_final": {"steps": 40, "lr_factor": 0.6, "batch_size": 32, "minibatch_size": 8},
-    "eval": {"test_limit": None, "max_new_tokens": 48},
+    # flores_limit: FLORES-200 devtest sentences per direction scored after each model stage (and for
+    # the base model), read from shared/data/flores200 when present; None = not scored.
+    "eval": {"test_limit": None, "max_new_tokens": 48, "flores_limit": None, "batch_size": 32},
 }
 
 FAST = copy.deepcopy(CPU_TEST)
@@ -58,11 +62,35 @@ PRODUCTION = copy.deepcopy(RESEARCH)
 PRODUCTION.update({"device": "cuda"})
 PRODUCTION["model"] = {"policy_path": "/models/gemma-2-2b-it", "reward_path": None, "lora": True,
                        "lora_r": 16, "lora_alpha": 32, "dtype": "bfloat16", "gradient_checkpointing": True,
-                       "load_in_4bit": False}
+                       "load_in_4bit": False, "value_init": "shared"}
 PRODUCTION["sft"].update({"epochs": 2, "lr": 2e-4, "batch_size": 16, "max_length": 256})
 PRODUCTION["ppo"].update({"lr": 1e-5, "max_new_tokens": 96})
 
-PRESETS = {"cpu-test": CPU_TEST, "fast": FAST, "research": RESEARCH, "production": PRODUCTION}
+# gemma-cpu: the real pretrained Gemma 3 270M (the `gemma` extra; ppolab.models.pretrained_path)
+# through all seven stages on a 2-core CPU. LoRA policy, adapter-off reference, value head on the
+# policy's trunk, reward model = the SFT trunk's top layers + a linear head, few-shot prompts
+# (a base model), the output head trimmed to the tokens an Arabic translation needs. Sized for
+# about two hours on an idle 2-core machine; every stage resumes after a kill.
+GEMMA_CPU = copy.deepcopy(CPU_TEST)
+GEMMA_CPU.update({"threads": 2})
+GEMMA_CPU["prompt"] = {"format": "fewshot"}
+GEMMA_CPU["model"] = {"policy_path": "gemma3-270m", "reward_path": None, "lora": True, "lora_r": 16,
+                      "lora_alpha": 32, "lora_dropout": 0.0, "dtype": "float32", "value_init": "shared",
+                      "value_head_hidden": 0, "vocab_trim": "arabic", "gradient_checkpointing": False}
+GEMMA_CPU["sft"].update({"epochs": 1, "lr": 2e-4, "batch_size": 8, "max_length": 192, "eval_limit": 16,
+                         "train_limit": 320, "eval_max_new_tokens": 48})
+GEMMA_CPU["synth"].update({"n_sources": 64, "candidates_per_source": 4, "max_new_tokens": 48, "batch_size": 16})
+GEMMA_CPU["reward_model"].update({"epochs": 2, "lr": 1e-4, "batch_size": 8, "max_length": 192,
+                                  "normalize_samples": 32, "top_layers": 4, "val_fraction": 0.2})
+GEMMA_CPU["ppo"].update({"steps": 16, "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "lr": 1e-4,
+                         "kl_coef": 0.1, "max_new_tokens": 48})
+GEMMA_CPU["feedback"].update({"items": 16, "candidates": 4})
+GEMMA_CPU["reward_model_human"].update({"epochs": 2, "batch_size": 8, "mix_synthetic": 64})
+GEMMA_CPU["ppo_final"].update({"steps": 8, "batch_size": 8, "minibatch_size": 8})
+GEMMA_CPU["eval"].update({"test_limit": None, "max_new_tokens": 96, "flores_limit": 200, "batch_size": 32})
+
+PRESETS = {"cpu-test": CPU_TEST, "fast": FAST, "research": RESEARCH, "production": PRODUCTION,
+           "gemma-cpu": GEMMA_CPU}
 
 
 def get_preset(name: str) -> dict:

@@ -10,9 +10,19 @@ def _ppo_block(r: dict) -> dict:
     return {k: float(r[k]) for k in keys}
 
 
+EVAL_ROWS = ("base", "sft", "ppo_coldstart", "ppo_final")
+
+
+def flores_block(stages: dict) -> dict | None:
+    """`{model row: {"flores": {direction: {chrf, chrf_pp, bleu, n}}, "test": {...}}}` of the rows
+    that were scored (presets with `eval.flores_limit`); None when none was."""
+    rows = {n: stages[n]["eval"] for n in EVAL_ROWS if (stages.get(n) or {}).get("eval")}
+    return rows or None
+
+
 def build_report(run: Run) -> dict:
     s = run.stages
-    return {
+    report = {
         "sft": {"chrf_test": float(s["sft"]["chrf_test"]), "bleu_test": float(s["sft"]["bleu_test"])},
         "synthetic": {"pairs": int(s["synth"]["pairs"])},
         "reward_model": {"val_accuracy": float(s["reward_model"]["val_accuracy"])},
@@ -22,6 +32,15 @@ def build_report(run: Run) -> dict:
         "ppo_final": _ppo_block(s["ppo_final"]),
         "seconds": float(sum(v.get("seconds", 0.0) for v in s.values())),
     }
+    flores = flores_block(s)
+    if flores is not None:
+        report["flores"] = flores
+    return report
+
+
+def _chrf(report: dict, row: str, direction: str) -> float | None:
+    block = (report.get("flores", {}).get(row) or {}).get("flores") or {}
+    return block.get(direction, {}).get("chrf")
 
 
 def targets(report: dict) -> list[tuple[str, bool, str]]:
@@ -36,7 +55,35 @@ def targets(report: dict) -> list[tuple[str, bool, str]]:
         drop = report["sft"]["chrf_test"] - r["chrf_test"]
         out.append((f"{stage}: chrF not below SFT by more than 0.5", drop <= 0.5,
                     f"{r['chrf_test']:.2f} vs SFT {report['sft']['chrf_test']:.2f}"))
+    if "flores" in report:  # the real-model goals (issue: Gemma 3 270M end to end)
+        out.append(("cold-start reward model val accuracy >= 0.75 (real model)",
+                    report["reward_model"]["val_accuracy"] >= 0.75, f"{report['reward_model']['val_accuracy']:.3f}"))
+        for direction in ("eng->arb", "fra->arb"):
+            base, sft, final = (_chrf(report, r, direction) for r in ("base", "sft", "ppo_final"))
+            if base is not None and sft is not None:
+                out.append((f"FLORES {direction}: SFT chrF >= base few-shot", sft >= base, f"{sft:.2f} vs {base:.2f}"))
+            if sft is not None and final is not None:
+                out.append((f"FLORES {direction}: PPO final chrF >= SFT + 1.0", final >= sft + 1.0,
+                            f"{final:.2f} vs {sft:.2f}"))
     return out
+
+
+def flores_table(report: dict) -> list[str]:
+    """Markdown rows: chrF / chrF++ / BLEU per model row, FLORES subset and shipped test split."""
+    if "flores" not in report:
+        return []
+    dirs = ("eng->arb", "fra->arb")
+    lines = ["", "## FLORES-200 devtest subset and shipped test split (chrF / chrF++ / BLEU)", "",
+             "| model | " + " | ".join(f"FLORES {d}" for d in dirs) + " | " + " | ".join(f"test {d}" for d in dirs) + " |",
+             "|---" * 5 + "|"]
+    for row, block in report["flores"].items():
+        cells = []
+        for part in ("flores", "test"):
+            for d in dirs:
+                v = (block.get(part) or {}).get(d)
+                cells.append(f"{v['chrf']:.2f} / {v['chrf_pp']:.2f} / {v['bleu']:.2f} (n={v['n']})" if v else "–")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(run: Run) -> list[str]:
@@ -115,6 +162,9 @@ def write_report(run: Run) -> dict:
             h = report["reward_model_human"]
             lines.append(f"| human feedback + reward model | {h['pairs']} pairs from "
                          f"{s.get('feedback', {}).get('feedback', '?')} judgements, val accuracy {h['val_accuracy']:.3f} |")
+    lines += flores_table(report)
+    lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {v.get('seconds', 0):.0f} |" for name, v in s.items()]
     lines += ["", "## Targets", "", "| target | met | measured |", "|---|---|---|"]
     lines += [f"| {what} | {'yes' if ok else '**no**'} | {m} |" for what, ok, m in targets(report)]
     lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..io import atomic_open, remove_stale_temporaries
 from ..metrics import sentence_chrf
 from ..model_files import check_model_folder, check_reward_folder
-from ..models import Reference, RewardModel, ValueModel, build_tiny_causal_lm, build_tokenizer, load_causal_lm
+from ..models import Reference, RewardModel, build_tiny_causal_lm, build_tokenizer, build_value_model, load_causal_lm
 from ..sft.translate import TARGET_SEPARATOR, evaluate_translation, translate
 from .run import Run
 from .validate import validate_settings
@@ -56,6 +56,11 @@ def _bucket(key: str, fraction: float) -> bool:
     return (zlib.crc32(key.encode("utf-8")) % 10_000) < fraction * 10_000
 
 
+def _model_config(cfg: dict) -> ModelConfig:
+    """The run's model settings (dtype, LoRA, quantisation, checkpointing, value init) for every stage."""
+    return ModelConfig(**{k: v for k, v in cfg["model"].items() if k in _fields(ModelConfig)}, seed=cfg["seed"])
+
+
 def _test_examples(cfg: dict):
     test = _split(cfg, "test")
     limit = cfg["eval"].get("test_limit")
@@ -67,16 +72,87 @@ def _evaluate(model, tok, cfg) -> dict:
     return evaluate_translation(model, tok, _test_examples(cfg), max_new_tokens=cfg["eval"]["max_new_tokens"])
 
 
+def flores_file() -> Path | None:
+    """FLORES-200 devtest (EN/FR/AR), read where this workplace keeps it: `$PPOLAB_FLORES`, else
+    `shared/data/flores200/` beside the repository. Never shipped with ppolab; None when absent."""
+    import os
+
+    env = os.environ.get("PPOLAB_FLORES")
+    candidates = [Path(env)] if env else []
+    repo = Path(__file__).resolve().parents[2]
+    candidates += [repo.parent / "shared" / "data" / "flores200" / "devtest.eng-fra-arb.tsv",
+                   Path.cwd().parent / "shared" / "data" / "flores200" / "devtest.eng-fra-arb.tsv"]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _scores(model, tok, examples, cfg) -> dict:
+    """chrF, chrF++ and BLEU per direction (greedy, the model's prompt format)."""
+    out = {}
+    for direction in LANGS:
+        chunk = [ex for ex in examples if ex.direction == direction]
+        if chunk:
+            ev = evaluate_translation(model, tok, chunk, max_new_tokens=cfg["eval"]["max_new_tokens"],
+                                      batch_size=cfg["eval"].get("batch_size", 32))
+            out[direction] = {"chrf": ev["chrf"], "chrf_pp": ev["chrf_pp"], "bleu": ev["bleu"], "n": ev["n"]}
+    return out
+
+
+def _flores_block(model, tok, cfg) -> dict | None:
+    """Scores on the first `eval.flores_limit` FLORES devtest sentences of each direction and on
+    the shipped test split; None when the preset sets no limit."""
+    limit = cfg["eval"].get("flores_limit")
+    if not limit:
+        return None
+    from ..data import load_parallel
+
+    model.eval()
+    block = {"test": _scores(model, tok, _test_examples(cfg), cfg)}
+    path = flores_file()
+    if path is None:
+        block["flores"] = None  # the report says it was not available
+    else:
+        rows = list(load_parallel(path))
+        first = [ex for d in LANGS for ex in [r for r in rows if r.direction == d][:limit]]
+        block["flores"] = _scores(model, tok, first, cfg)
+        block["flores_file"] = str(path)
+    return block
+
+
+# -- the base model, before any training -------------------------------------------------------------
+def stage_base(run: Run, cfg: dict) -> dict:
+    """Scores of the pretrained model as it comes, in the preset's prompt format (the table's first row)."""
+    mcfg = _model_config(cfg)
+    if not mcfg.policy_path:
+        return {"skipped": "tiny models start random: no base row"}
+    model, tok = _load_policy(mcfg.policy_path, cfg)
+    if cfg.get("prompt", {}).get("format"):
+        tok.ppolab_prompt_format = cfg["prompt"]["format"]
+    t0 = time.time()
+    result = {"eval": _flores_block(model, tok, cfg), "seconds": time.time() - t0}
+    run.log("base", result)
+    return result
+
+
 # -- SFT -------------------------------------------------------------------------------------------
 def stage_sft(run: Run, cfg: dict) -> dict:
     from ..sft import SFTConfig, train_sft
 
     train, valid = _split(cfg, "train"), _split(cfg, "valid")
-    mcfg = ModelConfig(**{k: v for k, v in cfg["model"].items() if k in _fields(ModelConfig)}, seed=cfg["seed"])
+    if cfg["sft"].get("train_limit"):  # a seeded subset (both directions) for slow real models
+        random.Random(cfg["seed"]).shuffle(train)
+        train = train[: cfg["sft"]["train_limit"]]
+    mcfg = _model_config(cfg)
     if mcfg.policy_path:
-        from ..models import load_tokenizer
+        from ..models import load_tokenizer, wrap_lora
+
+        from ..models.vocab_trim import apply_vocab_trim
 
         tok, model = load_tokenizer(mcfg.policy_path), load_causal_lm(mcfg.policy_path, mcfg)
+        model = apply_vocab_trim(model, tok, mcfg.vocab_trim)
+        if cfg.get("prompt", {}).get("format"):  # the preset's format; saved with the SFT model
+            tok.ppolab_prompt_format = cfg["prompt"]["format"]
+        if mcfg.lora:  # LoRA SFT; save_sft merges the adapter, so later stages load a plain model
+            model = wrap_lora(model, mcfg)
     else:
         texts = [t for ex in train for t in (ex.source, ex.target)]
         tok = build_tokenizer(texts, vocab_size=cfg["tokenizer"]["vocab_size"])
@@ -85,23 +161,24 @@ def stage_sft(run: Run, cfg: dict) -> dict:
     t0 = time.time()
     history = train_sft(model, tok, train, valid, scfg, out_dir=run / "sft", log=run.logger("sft"))
     ev = _evaluate(model, tok, cfg)
-    result = {"chrf_test": ev["chrf"], "bleu_test": ev["bleu"], "chrf_pp_test": ev["chrf_pp"],
+    result = {"eval": _flores_block(model, tok, cfg),
+              "chrf_test": ev["chrf"], "bleu_test": ev["bleu"], "chrf_pp_test": ev["chrf_pp"],
               "valid_chrf": history[-1].get("valid_chrf"), "train_loss": history[-1].get("train_loss"),
               "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.time() - t0}
     run.log("sft", {"event": "test", **result})
     return result
 
 
-def _load_policy(path: Path):
+def _load_policy(path: Path, cfg: dict | None = None):
     from ..sft import load_sft
 
     check_model_folder(path, "policy")
-    return load_sft(path)
+    return load_sft(path, _model_config(cfg) if cfg is not None else None)
 
 
-def _load_reward(path: Path) -> RewardModel:
+def _load_reward(path: Path, mcfg: ModelConfig | None = None) -> RewardModel:
     check_reward_folder(path)  # a missing or half-copied folder: one error naming the file
-    return RewardModel.load(path)
+    return RewardModel.load(path, mcfg)
 
 
 # -- synthetic preferences -------------------------------------------------------------------------
@@ -109,7 +186,7 @@ def stage_synth(run: Run, cfg: dict) -> dict:
     from ..metrics import CombinedMetric
     from ..synthetic import SynthConfig, generate_synthetic_preferences
 
-    model, tok = _load_policy(run / "sft")
+    model, tok = _load_policy(run / "sft", cfg)
     model.eval()
     examples = _split(cfg, "train")
     random.Random(cfg["seed"]).shuffle(examples)
@@ -148,7 +225,7 @@ def reference_pairs(pairs: list[dict]) -> list[dict]:
 
 def _sft_samples(run: Run, cfg: dict, n: int) -> tuple[list[str], list[str]]:
     """n samples of the SFT policy on training sources (for the reward normalisation)."""
-    model, tok = _load_policy(run / "sft")
+    model, tok = _load_policy(run / "sft", cfg)
     model.eval()
     examples = _split(cfg, "train")
     random.Random(cfg["seed"] + 1).shuffle(examples)
@@ -193,7 +270,7 @@ def stage_reward_model(run: Run, cfg: dict) -> dict:
     val_reference = reference_pairs([p for p in pairs if _bucket(p["source"], frac)])
     if cfg["reward_model"].get("reference_pairs", False):
         train += reference_pairs([p for p in pairs if not _bucket(p["source"], frac)])
-    sft, tok = _load_policy(run / "sft")
+    sft, tok = _load_policy(run / "sft", cfg)
     rcfg = RewardTrainConfig(**{k: v for k, v in cfg["reward_model"].items() if k in _fields(RewardTrainConfig)})
     model = build_reward_model(sft, tok, rcfg)
     del sft
@@ -258,21 +335,24 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     from ..sft.trainer import save_sft
 
     p = {**cfg["ppo"], **(overrides or {})}
-    policy, tok = _load_policy(policy_dir)
-    mcfg = cfg["model"]
-    if mcfg.get("lora"):
+    policy, tok = _load_policy(policy_dir, cfg)
+    mcfg = _model_config(cfg)
+    if mcfg.lora:
         from ..models import wrap_lora
 
-        policy = wrap_lora(policy, ModelConfig(**{k: v for k, v in mcfg.items() if k in _fields(ModelConfig)}))
+        policy = wrap_lora(policy, mcfg)
     # The reference is the policy this stage starts from: the SFT model for the cold start, the
     # cold-start policy for the final stage (iterated RLHF, as in Llama 2). With LoRA it is the
     # same weights with the adapter off; otherwise a frozen copy.
     ref = Reference(policy)
-    reward = _load_reward(reward_dir).eval()
-    reward.tokenizer = tok  # same vocabulary (saved from the same tokenizer): score token ids directly
-    value = ValueModel.from_reward_model(reward)
+    reward = _load_reward(reward_dir, mcfg).eval()
+    reward.tokenizer = tok  # saved from the same tokenizer
+    value = build_value_model(policy, reward, mcfg.value_init, mcfg.value_head_hidden)
     pcfg = PPOConfig(**{k: v for k, v in p.items() if k in _fields(PPOConfig)} | {"lr": lr, "seed": cfg["seed"]})
-    gcfg = GenerationConfig(max_new_tokens=p["max_new_tokens"], temperature=p["temperature"])
+    from ..data import stops_at_newline
+
+    gcfg = GenerationConfig(max_new_tokens=p["max_new_tokens"], temperature=p["temperature"],
+                            stop_at_newline=stops_at_newline(tok), max_prompt_length=512)
     trainer = PPOTrainer(pcfg, policy, ref, value, reward, tok, gcfg)
     prompts = _ppo_prompts(cfg, tok)
 
@@ -307,6 +387,7 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
         "reward_start": mean("score_mean", rows[:k]), "reward_end": mean("score_mean", rows[-k:]),
         "kl_per_token_end": mean("kl_per_token", rows[-k:]), "kl_per_sequence_end": mean("kl", rows[-k:]),
         "chrf_test": ev["chrf"], "bleu_test": ev["bleu"], "steps": steps, "seconds": time.time() - t0,
+        "eval": _flores_block(policy, tok, cfg),
     }
     run.log(stage, {"event": "done", **result})
     ckpt.unlink(missing_ok=True)
@@ -372,9 +453,9 @@ def stage_feedback(run: Run, cfg: dict) -> dict:
     random.Random(cfg["seed"] + 2).shuffle(examples)
     examples = examples[: f["items"]]
     if store.stats()["items"] == 0:
-        policy, tok = _load_policy(run / "ppo_model_coldstart")
+        policy, tok = _load_policy(run / "ppo_model_coldstart", cfg)
         policy.eval()
-        reward = _load_reward(run / "reward_model_coldstart").eval()
+        reward = _load_reward(run / "reward_model_coldstart", _model_config(cfg)).eval()
         ranked = _candidates(policy, tok, reward, examples, f["candidates"], cfg["ppo"]["max_new_tokens"])
         store.add_items([{"source": ex.source, "direction": ex.direction, "reference": ex.target,
                           "candidates": [(t, s) for t, s in cands], "model_version": "ppo_model_coldstart"}
@@ -403,7 +484,7 @@ def stage_reward_model_human(run: Run, cfg: dict) -> dict:
     human = [json.loads(line) for line in open(run / "human_preferences.jsonl", encoding="utf-8") if line.strip()]
     if not human:
         raise RuntimeError(f"{run / 'human_preferences.jsonl'}: no human pairs to train on")
-    tok_model = _load_reward(run / "reward_model_coldstart")
+    tok_model = _load_reward(run / "reward_model_coldstart", _model_config(cfg))
     tok = tok_model.tokenizer
 
     def to_pair(p):
@@ -425,6 +506,11 @@ def stage_reward_model_human(run: Run, cfg: dict) -> dict:
     return result
 
 
+# Each stage's seed offset (fixed, so adding a stage never changes another stage's random stream).
+STAGE_SEED_INDEX = {"sft": 0, "synth": 1, "reward_model": 2, "ppo_coldstart": 3, "feedback": 4,
+                    "reward_model_human": 5, "ppo_final": 6, "base": 7}
+
+
 # -- the whole loop --------------------------------------------------------------------------------
 def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
     """Run every stage not yet completed, in order; return all stage results."""
@@ -435,6 +521,7 @@ def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
     torch.manual_seed(cfg["seed"])
     torch.set_num_threads(int(cfg.get("threads") or 1))
     steps = {
+        "base": lambda: stage_base(run, cfg),
         "sft": lambda: stage_sft(run, cfg),
         "synth": lambda: stage_synth(run, cfg),
         "reward_model": lambda: stage_reward_model(run, cfg),
@@ -447,7 +534,7 @@ def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
                                        cfg["ppo_final"]["steps"], cfg["ppo"]["lr"] * cfg["ppo_final"]["lr_factor"],
                                        {k: v for k, v in cfg["ppo_final"].items() if k not in ("steps", "lr_factor")}),
     }
-    for i, (name, fn) in enumerate(steps.items()):
+    for name, fn in steps.items():
         if only and name not in only:
             continue
         if run.done(name):
@@ -458,7 +545,7 @@ def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
             print(f"[{name}] removed {stale}, left by an interrupted write", flush=True)
         # Each stage starts from its own seed, so a stage gives the same result whether the stages
         # before it ran in this process or in an earlier one (a resumed run equals a fresh one).
-        torch.manual_seed(cfg["seed"] * 1_000 + i)
+        torch.manual_seed(cfg["seed"] * 1_000 + STAGE_SEED_INDEX[name])
         t0 = time.time()
         result = fn()
         result["seconds"] = round(time.time() - t0, 1)

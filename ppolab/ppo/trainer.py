@@ -15,6 +15,7 @@ from .. import distributed as dist
 from ..advantage import gae, masked_mean
 from ..config import GenerationConfig, PPOConfig
 from ..experience_buffer import ExperienceBuffer
+from ..models import Reference, RewardModel, disable_dropout
 from ..models.builders import position_ids_from_mask
 from ..reward_kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards, per_token_kl
 from ..token_attribution import Rollout, SequenceGenerator, response_logprobs
@@ -25,6 +26,26 @@ from .losses import clipped_policy_loss, clipped_value_loss
 TRAIN_KEYS = ("input_ids", "attention_mask", "mask", "logprobs", "values", "advantages", "returns")
 
 RewardFn = Callable[[list[str], list[str]], "torch.Tensor | list[float]"]
+
+
+@torch.no_grad()
+def sequence_classifier_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`[B]` scores of a Hugging Face sequence-classification model at each row's last valid token.
+
+    Not through its own pooling: transformers picks the last non-pad *id*, which is the token
+    before EOS when pad == eos. The trunk runs once and the `score` head is read at the last
+    position the attention mask marks (rows are `[left-padded prompt, response, right padding]`).
+    """
+    head = getattr(model, "score", None)
+    if not isinstance(head, nn.Module):
+        raise TypeError(f"reward: {type(model).__name__} has no `score` head; wrap it in ppolab.models.RewardModel")
+    trunk = model.base_model if model.base_model is not model else model.model
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.long() * positions).argmax(-1)
+    picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return head(picked).float()[:, 0]
 
 
 class PPOTrainer:
@@ -44,7 +65,7 @@ class PPOTrainer:
         self,
         config: PPOConfig,
         policy: nn.Module,
-        ref: nn.Module | None,
+        ref: nn.Module | None,  # None: `Reference(policy)` (adapter-disabled base for LoRA, else a frozen copy)
         value: nn.Module,
         reward: nn.Module | RewardFn,
         tokenizer,
@@ -57,6 +78,15 @@ class PPOTrainer:
         self.local_batch_size, self.local_minibatch_size = dist.check_batch_sizes(
             c.batch_size, c.minibatch_size, c.micro_batch_size, self.world_size
         )
+        if ref is None:
+            # Never the policy itself (KL would be 0 by construction): the adapter-disabled base for
+            # a LoRA policy, else a frozen copy of the policy as it is now.
+            ref = Reference(policy)
+        for model in (policy, ref, value, reward):
+            if isinstance(model, nn.Module):
+                disable_dropout(model)  # however a checkpoint stored it; LoRA dropout too
+        if isinstance(reward, RewardModel) and reward.tokenizer is None:
+            reward.tokenizer = tokenizer  # same vocabulary as the policy unless given its own
         dist.broadcast_modules(policy, ref, value, reward if isinstance(reward, nn.Module) else None)
         self.policy, self.ref, self.value, self.reward, self.tokenizer = policy, ref, value, reward, tokenizer
         self.generator = SequenceGenerator(policy, tokenizer, self.generation, ref, value)
@@ -81,15 +111,13 @@ class PPOTrainer:
     def score(self, rollout: Rollout) -> torch.Tensor:
         """`[B]` float scores of the rollout's responses; non-finite scores are an error."""
         r = self.reward
-        reward_tok = getattr(r, "tokenizer", None)
-        if hasattr(r, "score_ids") and (reward_tok is None or reward_tok is self.tokenizer):
-            scores = r.score_ids(rollout.input_ids, rollout.attention_mask)
-        elif isinstance(r, nn.Module) and not hasattr(r, "score_ids"):
-            mask = rollout.attention_mask
-            out = r(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
-            scores = getattr(out, "logits", out).reshape(len(rollout), -1)[:, 0]
-        elif hasattr(r, "score"):
+        if isinstance(r, RewardModel):
+            # The one path of reward training and normalisation too: the text prompt + response +
+            # EOS, tokenized afresh. A response cut at max_new_tokens is scored as if it ended
+            # there; `missing_eos_penalty` is what marks it down.
             scores = r.score(rollout.prompts, rollout.response_texts)
+        elif isinstance(r, nn.Module):
+            scores = sequence_classifier_scores(r, rollout.input_ids, rollout.attention_mask)
         else:
             scores = r(rollout.prompts, rollout.response_texts)
         scores = torch.as_tensor(scores, dtype=torch.float32, device=rollout.mask.device).reshape(-1)

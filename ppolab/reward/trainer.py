@@ -90,6 +90,9 @@ class RewardTrainConfig:
     head_hidden: int = 256
     freeze_backbone: bool = False
     unfreeze_schedule: str | None = None
+    # > 0: only the top `top_layers` decoder layers, the final norm and the head train (embeddings
+    # and lower layers frozen): a real checkpoint's reward model on a CPU in minutes, not hours.
+    top_layers: int = 0
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     seed: int = 0
@@ -120,6 +123,9 @@ class RewardTrainConfig:
               f"must be one of {UNFREEZE_SCHEDULES}")
         check(not (self.freeze_backbone and self.unfreeze_schedule is not None), "unfreeze_schedule",
               "must be None when freeze_backbone=True (a frozen backbone never unfreezes)")
+        check(is_int(self.top_layers) and self.top_layers >= 0, "top_layers", "must be an int >= 0")
+        check(not (self.top_layers and (self.freeze_backbone or self.unfreeze_schedule)), "top_layers",
+              "must be 0 with freeze_backbone or an unfreeze_schedule")
         check(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be a number >= 0")
         check(self.grad_clip is None or (is_num(self.grad_clip) and self.grad_clip >= 0), "grad_clip",
               "must be None or a number >= 0")
@@ -250,11 +256,11 @@ def apply_unfreeze_schedule(model: RewardModel, config: RewardTrainConfig, epoch
         for p in backbone.parameters():
             p.requires_grad_(False)
         return 0
-    if config.unfreeze_schedule is None:
+    if config.unfreeze_schedule is None and not config.top_layers:
         for p in backbone.parameters():
             p.requires_grad_(True)
         return n
-    k = unfrozen_layer_count(n, epoch, config.epochs)
+    k = min(config.top_layers, n) if config.top_layers else unfrozen_layer_count(n, epoch, config.epochs)
     layer_params = {id(p) for p in layers.parameters()}
     embed = backbone.get_input_embeddings() if hasattr(backbone, "get_input_embeddings") else None
     embed_params = {id(p) for p in embed.parameters()} if embed is not None else set()
@@ -263,7 +269,7 @@ def apply_unfreeze_schedule(model: RewardModel, config: RewardTrainConfig, epoch
         if id(p) in layer_params:
             continue
         is_embedding = id(p) in embed_params or "embed" in name or name.startswith("wpe")
-        p.requires_grad_(last_epoch if is_embedding else True)
+        p.requires_grad_((last_epoch and not config.top_layers) if is_embedding else True)
     for i, layer in enumerate(layers):
         for p in layer.parameters():
             p.requires_grad_(i >= n - k)

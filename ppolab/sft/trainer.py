@@ -33,6 +33,8 @@ from torch import nn
 from ..config import ConfigError, config_to_dict
 from ..io import atomic_dir, write_json
 from ..models import is_peft, load_causal_lm, load_tokenizer, position_ids_from_mask
+from ..models.tokenizer import save_prompt_format
+from ..models.vocab_trim import apply_vocab_trim
 from ..models.builders import left_pad
 from .translate import encode_prompt, evaluate_translation, format_target
 
@@ -186,17 +188,23 @@ def save_sft(model: nn.Module, tokenizer, path: str | Path, extra: dict | None =
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        save_prompt_format(tokenizer, tmp)
         for name, data in (extra or {}).items():
             write_json(tmp / name, data)
     return Path(path)
 
 
-def load_sft(out_dir: str | Path):
-    """`(model, tokenizer)` from a `train_sft` out_dir (its `final/`) or from a model folder itself."""
-    path = Path(out_dir)
+def load_sft(out_dir: str | Path, model_config=None):
+    """`(model, tokenizer)` from a `train_sft` out_dir (its `final/`), a model folder itself, or a
+    known pretrained name (`gemma3-270m`). `model_config` (a `ModelConfig`) sets dtype, quantisation
+    and gradient checkpointing of the load; LoRA is the caller's to add."""
+    from ..models.pretrained import resolve_model_path
+
+    path = Path(resolve_model_path(out_dir))
     for candidate in (path / "final", path):
         if (candidate / "config.json").is_file():
-            return load_causal_lm(str(candidate)).eval(), load_tokenizer(str(candidate))
+            model, tok = load_causal_lm(str(candidate), model_config).eval(), load_tokenizer(str(candidate))
+            return apply_vocab_trim(model, tok, getattr(model_config, "vocab_trim", None)), tok
     raise FileNotFoundError(
         f"no SFT checkpoint at {path}: expected {path / 'final' / 'config.json'} or {path / 'config.json'} "
         "(train_sft writes one when given out_dir)"

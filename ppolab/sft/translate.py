@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..data import build_prompt
+from ..data import build_prompt, stops_at_newline
 from ..metrics import bleu, chrf, chrf_pp
 from ..models.builders import left_pad
 
@@ -53,6 +53,13 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def stop_ids(tokenizer) -> list[int]:
+    """EOS, plus every newline-carrying token when the prompt format puts one answer per line."""
+    from ..models.tokenizer import newline_token_ids
+
+    return [tokenizer.eos_token_id] + (newline_token_ids(tokenizer) if stops_at_newline(tokenizer) else [])
+
+
 def _hf_generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_k, top_p, num_return_sequences):
     from transformers import GenerationConfig
 
@@ -63,18 +70,27 @@ def _hf_generation_config(tokenizer, max_new_tokens, do_sample, temperature, top
     else:
         # Greedy: clear the sampling knobs so HF neither applies nor warns about them.
         sampling = dict(temperature=None, top_k=None, top_p=None)
+    if stops_at_newline(tokenizer):
+        # Base models prompted few-shot loop on a phrase in about 1 sentence in 5 (STACK.md): a
+        # repeated 4-gram is blocked, as in most few-shot MT set-ups.
+        sampling["no_repeat_ngram_size"] = 4
     return GenerationConfig(
         do_sample=do_sample, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling,
+        eos_token_id=stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling,
     )
 
 
-def _decode_until_eos(tokenizer, ids: torch.Tensor) -> str:
-    """Decode one row of new tokens `[T]`, stopping at the first EOS, stripped."""
+def _decode_until_eos(tokenizer, ids: torch.Tensor, stop_ids: list[int] | None = None) -> str:
+    """Decode one row of new tokens `[T]`, stopping at the first EOS (or other stop id), stripped."""
     ids = ids.tolist()
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+    stops = set(stop_ids or [tokenizer.eos_token_id])
+    for i, t in enumerate(ids):
+        if t in stops:
+            # A newline stop token may carry text before its newline (".\n"): keep that part.
+            keep = t != tokenizer.eos_token_id
+            ids = ids[: i + 1] if keep else ids[:i]
+            break
+    return tokenizer.decode(ids, skip_special_tokens=True).split("\n", 1)[0].strip()
 
 
 @torch.no_grad()
@@ -124,6 +140,7 @@ def translate(
     gen_cfg = _hf_generation_config(
         tokenizer, max_new_tokens, do_sample, temperature, top_k, top_p, num_return_sequences
     )
+    stops = stop_ids(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -137,7 +154,7 @@ def translate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
             )
             new = out[:, ids.shape[1]:].cpu()  # [b * num_return_sequences, T], grouped per source
-            texts = [_decode_until_eos(tokenizer, row) for row in new]
+            texts = [_decode_until_eos(tokenizer, row, stops) for row in new]
             if num_return_sequences == 1:
                 outputs.extend(texts)
             else:

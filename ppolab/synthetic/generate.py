@@ -150,7 +150,10 @@ def _sample(model, tokenizer, prompts: list[str], strategy: SamplingStrategy, n:
     # chat template already carries its own BOS; left padding so every row ends at its prompt.
     enc = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
     input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    from ..sft.translate import stop_ids
+
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = stop_ids(tokenizer) + ([] if eos is None else [eos] if isinstance(eos, int) else list(eos))
     gen_cfg = GenerationConfig(
         do_sample=True,
         temperature=strategy.temperature,
@@ -164,7 +167,7 @@ def _sample(model, tokenizer, prompts: list[str], strategy: SamplingStrategy, n:
         max_new_tokens=max_new_tokens,
         num_return_sequences=n,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
+        eos_token_id=list(dict.fromkeys(stops)),
         use_cache=True,
     )
     # fork_rng: seeding here must not disturb the caller's random stream.
@@ -174,7 +177,9 @@ def _sample(model, tokenizer, prompts: list[str], strategy: SamplingStrategy, n:
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_cfg)
     texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
     # generate() repeats each prompt n times in a row: rows b*n .. b*n+n-1 belong to prompt b.
-    return [[t.strip() for t in texts[b * n:(b + 1) * n]] for b in range(len(prompts))]
+    # One answer per line in few-shot prompts: the text ends at the first newline.
+    texts = [t.split("\n", 1)[0].strip() for t in texts]
+    return [texts[b * n:(b + 1) * n] for b in range(len(prompts))]
 
 
 def _generate_chunk(model, tokenizer, prompts: list[str], keys: list[Key], config: SynthConfig) -> list[list[tuple[str, str]]]:

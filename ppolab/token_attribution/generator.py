@@ -13,12 +13,15 @@ from ..models.builders import position_ids_from_mask
 from .rollout import Rollout
 
 
-def response_mask(response_ids: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[B, T]` mask, 1 up to and including the first EOS, and has_eos `[B]`."""
+def response_mask(response_ids: torch.Tensor, eos_token_id) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, T]` mask, 1 up to and including the first EOS, and has_eos `[B]`.
+
+    `eos_token_id`: one id, a list/tensor of stop ids (any of them ends a response), or None.
+    """
     B, T = response_ids.shape
     if eos_token_id is None:
         return torch.ones(B, T, dtype=torch.long, device=response_ids.device), torch.zeros(B, dtype=torch.bool)
-    is_eos = response_ids == eos_token_id
+    is_eos = torch.isin(response_ids, torch.as_tensor(eos_token_id, device=response_ids.device).reshape(-1))
     # Tokens strictly after the first EOS: the running count of EOS seen before this position is > 0.
     eos_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     return (~eos_before).long(), is_eos.any(-1)
@@ -45,7 +48,9 @@ def response_logprobs(
         use_cache=False,
         logits_to_keep=n_response + 1,  # the LM head runs on response positions only
     )
-    logits = out.logits[:, :-1].float() / temperature  # position t-1 predicts token t
+    # Slice here too: a model that ignores `logits_to_keep` returns every position, and reading
+    # those from the left would score prompt positions without any error.
+    logits = out.logits[:, -n_response - 1 : -1].float() / temperature  # position t-1 predicts token t
     logp_all = F.log_softmax(logits, dim=-1)
     targets = input_ids[:, -n_response:]
     logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -115,6 +120,12 @@ class SequenceGenerator:
             raise ValueError("SequenceGenerator: the tokenizer has no pad token")
         if tokenizer.padding_side != "left":
             tokenizer.padding_side = "left"  # generation appends on the right
+        self.stop_ids = None  # ids that end a response: EOS, and newline tokens with stop_at_newline
+        if self.config.stop_at_eos:
+            from ..models.tokenizer import newline_token_ids
+
+            newline = newline_token_ids(tokenizer) if self.config.stop_at_newline else []
+            self.stop_ids = torch.tensor([tokenizer.eos_token_id, *newline], dtype=torch.long)
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded `[B, P]` ids and mask; empty or over-long prompts are errors, not truncations."""
@@ -144,7 +155,7 @@ class SequenceGenerator:
         `GenerationConfig.logprobs_from_sampling`); None when they are to be recomputed.
         """
         c = self.config
-        eos = self.tokenizer.eos_token_id if c.stop_at_eos else None
+        stop = self.stop_ids.to(prompt_ids.device) if self.stop_ids is not None else None
         mask = prompt_mask.clone()
         positions = position_ids_from_mask(mask)
         out = self.policy(input_ids=prompt_ids, attention_mask=mask, position_ids=positions,
@@ -162,8 +173,8 @@ class SequenceGenerator:
             if keep_logprobs:  # of the untruncated distribution at the temperature, as when recomputed
                 logp = F.log_softmax(logits.float() / c.temperature, dim=-1)
                 logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
-            if eos is not None:
-                finished |= token == eos
+            if stop is not None:
+                finished |= torch.isin(token, stop)
                 if bool(finished.all()):
                     break
             if len(tokens) == c.max_new_tokens:
@@ -194,8 +205,7 @@ class SequenceGenerator:
         `logprobs` `[B, T]`: the policy's log-probs of `response` if already known (from sampling);
         else the policy scores the responses in one forward too.
         """
-        eos = self.tokenizer.eos_token_id if self.config.stop_at_eos else None
-        mask, has_eos = response_mask(response, eos)
+        mask, has_eos = response_mask(response, self.stop_ids)
         T = max(int(mask.sum(-1).max()), 1)  # drop columns that are padding in every row
         response = response[:, :T].masked_fill(mask[:, :T] == 0, self.tokenizer.pad_token_id)
         mask = mask[:, :T]
@@ -218,5 +228,7 @@ class SequenceGenerator:
         texts = self.tokenizer.batch_decode(response.masked_fill(response == self.tokenizer.eos_token_id,
                                                                  self.tokenizer.pad_token_id),
                                             skip_special_tokens=True)
+        if self.config.stop_at_newline:  # the stop token may carry text before its newline (".\n")
+            texts = [t.split("\n", 1)[0] for t in texts]
         return Rollout(prompts, prompt_ids, prompt_mask, response, mask, logprobs, ref_logprobs,
                        values.float(), has_eos.to(response.device), texts)
