@@ -194,7 +194,7 @@ def cmd_feedback(args) -> int:
 
         store = FeedbackStore(store_path)
         try:
-            serve(store, host=args.host, port=args.port)
+            serve(store, host=args.host, port=args.port, allowed_hosts=args.allow_host or ())
         except OSError as e:
             reason = "port already in use; pick another with --port" if e.errno == errno.EADDRINUSE else e.strerror
             raise UserError(f"cannot listen on {args.host} port {args.port}: {reason}") from None
@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "serve":
             q.add_argument("--host", default="127.0.0.1")
             q.add_argument("--port", type=int, default=8000)
+            q.add_argument("--allow-host", action="append", metavar="NAME",
+                           help="another name browsers use for this server (the Host header), e.g. the "
+                                "machine's name with --host 0.0.0.0; others get 421 (DNS rebinding)")
         if action == "cli":
             q.add_argument("--annotator")
         if action == "import":

@@ -83,15 +83,19 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete what killed atomic writes left under `folder`; return what was removed.
+    """Delete what killed atomic writes left in `folder` and its subfolders; return what was removed.
 
     A kill between mkstemp and the rename leaves `.NAME.XXXX.tmp` (a file, or a folder from
     atomic_dir) that nothing will ever read: as large as what was being written. A kill between
     atomic_dir's two renames leaves `.NAME.old` and no `NAME`: that old copy is put back. Call it
     only when no other process writes into `folder`.
     """
+    folder = Path(folder)
+    # The folder and its subfolders one level down (plots/, sft/, ...): where ppolab writes. Not
+    # deeper, so a run directory placed in a large tree does not make every stage walk all of it.
+    subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
     removed = []
-    for p in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+    for p in [q for d in (folder, *subfolders) for q in d.iterdir() if q.name.startswith(".")]:
         name = p.name
         if name.endswith(".tmp") and name.count(".") >= 3:
             if p.is_dir() and not p.is_symlink():

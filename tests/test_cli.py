@@ -224,3 +224,12 @@ def test_translate_rejects_counts_below_one(tiny_model_dir, capsys, flag, value)
     with pytest.raises(SystemExit) as e:
         main(["translate", "--model", str(tiny_model_dir), flag, value, "Hello"])
     assert e.value.code == 2 and f"argument {flag}: expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_feedback_serve_passes_host_and_extra_names(tmp_path, monkeypatch):
+    import ppolab.feedback
+
+    seen = {}
+    monkeypatch.setattr(ppolab.feedback, "serve", lambda store, **kw: seen.update(kw))
+    assert main(["feedback", "serve", "--run", str(tmp_path), "--host", "::1", "--allow-host", "lab.local"]) == 0
+    assert seen == {"host": "::1", "port": 8000, "allowed_hosts": ["lab.local"]}

@@ -231,9 +231,11 @@ def test_stale_temporaries_are_removed_when_a_stage_starts(tmp_path, monkeypatch
     (run / "plots").mkdir()
     nested = run / "plots" / ".chrf.png.q1w2e3.tmp"
     nested.write_bytes(b"x")
-    keep = [run / ".ppo_coldstart.checkpoint.pt", run / "notes.tmp", run / "run.json"]
-    keep[0].write_bytes(b"checkpoint")
-    keep[1].write_text("mine")
+    (run / ".venv" / "lib").mkdir(parents=True)  # hidden folders (a run inside a checkout) are not walked
+    keep = [run / ".ppo_coldstart.checkpoint.pt", run / "notes.tmp", run / "run.json",
+            run / ".venv" / "lib" / ".cache.x1.tmp"]
+    for p in keep:
+        p.write_text("mine")
     run_pipeline(run, merge(get_preset("fast"), MICRO), only=["sft"])
     assert not orphan.exists() and not orphan_dir.exists() and not nested.exists()
     assert all(p.exists() for p in keep)
