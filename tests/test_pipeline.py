@@ -9,7 +9,8 @@ from ppolab.pipeline.presets import merge, parse_override
 MICRO = {
     "tokenizer": {"vocab_size": 400},
     "model": {"n_layers": 1, "hidden_size": 32, "n_heads": 2, "n_kv_heads": 1, "intermediate_size": 64},
-    "sft": {"epochs": 1, "batch_size": 32, "eval_limit": 4, "max_length": 192},  # longest train row: ~175 tokens of a 400-token BPE
+    # max_length: the longest train row is ~175 tokens of a 400-token BPE
+    "sft": {"epochs": 1, "batch_size": 32, "eval_limit": 4, "max_length": 192},
     "synth": {"n_sources": 8, "candidates_per_source": 3, "min_gap": 0.001, "max_new_tokens": 8, "batch_size": 8},
     "reward_model": {"epochs": 1, "batch_size": 8, "normalize_samples": 4, "val_fraction": 0.3},
     "ppo": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "max_new_tokens": 8},

@@ -293,12 +293,13 @@ def _save_checkpoint(path: Path, trainer, step: int, record: dict) -> None:
     state = {"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict(),
              "policy_optimizer": trainer.policy_optimizer.state_dict(),
              "value_optimizer": trainer.value_optimizer.state_dict(),
-             "kl_controller": dict(trainer.kl_controller.__dict__), "step": step, "rng": torch.get_rng_state(), "record": record}
+             "kl_controller": dict(trainer.kl_controller.__dict__), "step": step,
+             "rng": torch.get_rng_state(), "record": record}
     with atomic_open(path, "wb", encoding=None) as f:
         torch.save(state, f)
 
 
-def _load_checkpoint(path: Path, trainer) -> tuple[int, dict]:
+def _load_checkpoint(path: Path, trainer) -> tuple[int, dict | None]:
     """Restore the trainer from `path`; return the number of steps done and the last step's row.
 
     `weights_only=True`: a run directory may be shared or copied, and unpickling arbitrary objects
@@ -321,7 +322,7 @@ def _load_checkpoint(path: Path, trainer) -> tuple[int, dict]:
     trainer.kl_controller.__dict__.update(state["kl_controller"])
     trainer.steps_done = state["step"]
     torch.set_rng_state(state["rng"])
-    return state["step"], state["record"]
+    return state["step"], state.get("record")  # checkpoints of older versions carry no row
 
 
 def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Path, out: Path,
@@ -361,7 +362,7 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     if ckpt.exists():
         start, record = _load_checkpoint(ckpt, trainer)
         print(f"{stage}: resuming at step {start} from {ckpt}")
-        if start not in {r["step"] for r in run.step_rows(stage)}:
+        if record is not None and start not in {r["step"] for r in run.step_rows(stage)}:
             run.log(stage, record)  # killed after the checkpoint, before its metrics row
 
     from tqdm.auto import tqdm
