@@ -78,7 +78,7 @@ def _one_line_error(capsys, argv) -> str:
     ("seed=abc", "setting seed = 'abc': expected an integer"),
     ("ppo.steps=0", "setting ppo.steps = 0: expected a value >= 1"),
     ("ppo.lr=-1e-5", "setting ppo.lr = -1e-05: expected"),
-    ("ppo_final.batch_size=12", "setting ppo_final.batch_size = 12: (12 is not divisible by minibatch_size 8)"),
+    ("ppo_final.batch_size=12", "setting ppo_final.batch_size = 12: 12 is not divisible by minibatch_size 8"),
     ("synth.candidates_per_source=2", "setting synth.candidates_per_source = 2: expected an int in 3..8"),
     ("ppo.whiten_advantages=1", "setting ppo.whiten_advantages = 1: expected true or false"),
     ("eval.test_limit=many", "setting eval.test_limit = 'many': expected"),

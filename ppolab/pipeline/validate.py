@@ -119,7 +119,7 @@ def _describe(hint: Any) -> str:
 
 
 def _fail(key: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"setting {key} = {value!r}: {expected if expected.startswith('(') else 'expected ' + expected}")
+    return ConfigError(f"setting {key} = {value!r}: expected {expected}")
 
 
 def _check_range(key: str, name: str, value: Any) -> None:
@@ -153,8 +153,9 @@ def _check_with_classes(cfg: dict, section: str) -> None:
                 name = found.group(1)
                 where = section if name in cfg[section] else _LAYERED.get(section, section)
                 problem = re.sub(r",? got .*$", "", found.group(2))
-                expected = problem.removeprefix("must be ") if problem.startswith("must be ") else f"({problem})"
-                raise _fail(f"{where}.{name}", values[name], expected) from None
+                if problem.startswith("must be "):
+                    raise _fail(f"{where}.{name}", values[name], problem.removeprefix("must be ")) from None
+                raise ConfigError(f"setting {where}.{name} = {values[name]!r}: {problem}") from None
             raise ConfigError(f"settings [{section}]: {e}") from None
 
 
