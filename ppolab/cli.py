@@ -80,6 +80,8 @@ def cmd_demo(args) -> int:
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     print(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s this invocation, peak RSS {peak_mb:.0f} MB)")
+    if (run / "rollouts.jsonl").exists():
+        print(f"PPO token by token: ppolab inspect --run {args.out}")
     return 0
 
 
@@ -214,6 +216,22 @@ def cmd_feedback(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    """Serve the rollout inspector for a run, or write it as one static HTML file."""
+    from .inspect.page import rollouts_file, write_html
+
+    if not rollouts_file(args.run).exists():
+        raise SystemExit(f"error: {rollouts_file(args.run)} not found: record rollouts with PPO first "
+                         "(ppo.record_rollouts > 0; `ppolab demo` and examples/ppo_step_by_step.py do)")
+    if args.html:
+        print(f"wrote {write_html(args.run, args.html)}")
+        return 0
+    from .inspect import serve
+
+    serve(args.run, host=args.host, port=args.port)
+    return 0
+
+
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
@@ -300,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("file", help="ratings JSON: [{source, direction, responses: [{text, rating}]}]")
             q.add_argument("--min-difference", type=float, default=1.0)
     p.set_defaults(fn=cmd_feedback)
+
+    p = sub.add_parser("inspect", help="the rollout inspector: PPO token by token (web page, or --html FILE)")
+    p.add_argument("--run", required=True, help="run directory (its rollouts.jsonl) or a rollouts .jsonl file")
+    p.add_argument("--html", metavar="OUT.html", help="write one self-contained static page instead of serving")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1: no authentication, keep it local")
+    p.add_argument("--port", type=int, default=8001)
+    p.set_defaults(fn=cmd_inspect)
     return ap
 
 

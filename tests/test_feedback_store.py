@@ -527,10 +527,10 @@ def test_terminal_quit_and_eof(store):
 
 
 # -- hardening: Host header, edges of the input, stalled clients, IPv6, busy port ----------------
-def raw_request(srv, method, path, headers, body=b""):
+def raw_request(srv, method, path, headers, body=b"", connect_to=None):
     """(status, JSON) for a request with exactly these headers (http.client adds no Host)."""
     host, port = srv.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn = http.client.HTTPConnection(connect_to or host, port, timeout=10)
     conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
     for k, v in headers.items():
         conn.putheader(k, v)
@@ -570,10 +570,9 @@ def test_the_host_it_was_started_on_and_allowed_hosts_are_accepted(store):
     srv = make_server(store, host="0.0.0.0", allowed_hosts=["annotate.lab"])
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
-        srv.server_address = ("127.0.0.1", srv.server_address[1])  # where raw_request connects
-        for host in ("0.0.0.0", "annotate.lab:8000", "localhost"):
-            assert raw_request(srv, "GET", "/api/stats", {"Host": host})[0] == 200
-        assert raw_request(srv, "GET", "/api/stats", {"Host": "other.lab"})[0] == 421
+        for host in ("0.0.0.0", "annotate.lab:8000", "localhost", "192.0.2.7"):  # an IP literal: no rebinding
+            assert raw_request(srv, "GET", "/api/stats", {"Host": host}, connect_to="127.0.0.1")[0] == 200
+        assert raw_request(srv, "GET", "/api/stats", {"Host": "other.lab"}, connect_to="127.0.0.1")[0] == 421
     finally:
         srv.shutdown()
         srv.server_close()

@@ -57,7 +57,7 @@ def test_run_directory_layout(finished_run):
     for name in ("run.json", "metrics.jsonl", "report.md", "sft", "synthetic_preferences.jsonl",
                  "synthetic_data_stats.json", "reward_model_coldstart", "ppo_model_coldstart", "feedback.sqlite",
                  "human_preferences.jsonl", "reward_model_human", "ppo_model_final", "plots/ppo_reward.png",
-                 "plots/ppo_kl.png", "plots/chrf.png", "plots/rm_accuracy.png"):
+                 "plots/ppo_kl.png", "plots/chrf.png", "plots/rm_accuracy.png", "rollouts.jsonl"):
         assert (run / name).exists(), name
     meta = json.loads((run / "run.json").read_text())
     assert {"config", "seed", "versions", "git_commit"} <= set(meta)
@@ -98,6 +98,35 @@ def test_ppo_resumes_after_a_crash(finished_run, monkeypatch):
     result = stages.stage_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, 3, 1e-5)
     steps = [r["step"] for r in run.metrics("ppo_resume") if "score_mean" in r]
     assert steps == [1, 2, 3] and out.exists() and result["steps"] == 3
+
+
+def test_ppo_killed_after_recording_resumes_without_duplicate_rollouts(finished_run, monkeypatch):
+    """Killed between writing a step's rollouts and its checkpoint: the redone step is recorded once."""
+    run, cfg, _ = finished_run
+    from ppolab.inspect import load_rollouts
+    from ppolab.pipeline import stages
+    from ppolab.ppo import PPOTrainer
+
+    real_step, calls = PPOTrainer.ppo_step, {"n": 0}
+
+    def killed_after_step(self, prompts):
+        stats = real_step(self, prompts)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return stats
+
+    monkeypatch.setattr(PPOTrainer, "ppo_step", killed_after_step)
+    out = run / "ppo_rec_test"
+    with pytest.raises(KeyboardInterrupt):
+        stages.stage_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, 3, 1e-5)
+    recorded = [(s.stage, s.step) for s in load_rollouts(run / "rollouts.jsonl")]
+    assert ("ppo_rec", 2) in recorded  # step 2's rollouts were on disk when the process died
+    stages.stage_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, 3, 1e-5)
+    lines = [json.loads(line) for line in (run / "rollouts.jsonl").read_text(encoding="utf-8").splitlines()]
+    mine = [(r["step"], r["type"], r.get("index")) for r in lines if r["stage"] == "ppo_rec"]
+    assert len(mine) == len(set(mine)) and sorted({s for s, *_ in mine}) == [1, 2, 3]
+    assert {r["stage"] for r in lines} >= {"ppo_coldstart", "ppo_final", "ppo_rec"}
 
 
 def test_settings_overrides_name_unknown_keys():

@@ -245,3 +245,18 @@ def test_7d_ppo_stage_builds_its_models_from_the_run_model_config(tmp_path, monk
     assert {p.dtype for p in built["reward"].backbone.parameters()} == {torch.bfloat16}
     value = built["value"]
     assert value.backbone is base_trunk(built["policy"]) and value.head.hidden == 8
+
+
+def test_fresh_value_heads_start_at_zero_whatever_the_feature_scale():
+    """Value init: a fresh head (shared trunk or copied trunk) outputs V = 0, not a random offset
+    proportional to the checkpoint's hidden-state scale."""
+    from ppolab.models import ValueModel, value_head_on_policy
+
+    tok = build_tokenizer()
+    policy = build_tiny_causal_lm(ModelConfig(arch="llama"), tok)
+    with torch.no_grad():  # hidden states 100x larger, as in real checkpoints' final norms
+        policy.model.norm.weight.mul_(100.0)
+    ids = torch.randint(5, len(tok), (2, 6))
+    mask = torch.ones_like(ids)
+    for value in (value_head_on_policy(policy), ValueModel.from_policy(policy, head_hidden=8)):
+        assert torch.equal(value(ids, mask), torch.zeros(2, 6))

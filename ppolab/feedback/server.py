@@ -12,8 +12,9 @@ Every error is a 4xx/5xx JSON ``{"error": message}`` and changes nothing.
 The server binds to 127.0.0.1 by default: it has no authentication, so it
 should only be exposed to a network you trust. It answers only requests whose
 ``Host`` header names it (127.0.0.1, localhost, [::1], the host it was started
-on, and any ``allowed_hosts``): a page on another site whose name resolves to
-127.0.0.1 (DNS rebinding) gets 421 and reads nothing. A client that stalls for
+on, and any ``allowed_hosts``; see ``ppolab.localhttp.host_allowed``): a page
+on another site whose name resolves to 127.0.0.1 (DNS rebinding) gets 421 and
+reads nothing. A client that stalls for
 ``client_timeout`` seconds is disconnected, so it cannot hold a thread forever.
 
 Items normally come pre-filled by the pipeline. Optionally, with a
@@ -23,7 +24,6 @@ item (one model call) whenever an annotator has nothing left to do.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import json
 import socket
 import sys
@@ -36,12 +36,12 @@ from typing import Any, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from ppolab.feedback.store import CandidateSource, FeedbackError, FeedbackItem, FeedbackStore, check_item_id
+from ppolab.localhttp import host_allowed, serve_until_interrupt, split_host_header
 
 __all__ = ["FeedbackServer", "make_server", "serve", "MAX_BODY_BYTES"]
 
 MAX_BODY_BYTES = 64 * 1024  # a submission is a few hundred bytes; this is generous
 CLIENT_TIMEOUT_S = 30.0  # a request line, headers or body not sent within this: the connection is closed
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 _DRAIN_LIMIT = 1024 * 1024  # read (and drop) an oversized body up to this, so the client sees our 413
 PAGE_PATH = Path(__file__).with_name("page.html")
 
@@ -92,7 +92,7 @@ class FeedbackServer(ThreadingHTTPServer):
         address = (host, *address[1:])
         if ":" in host:
             self.address_family = socket.AF_INET6  # e.g. --host ::1
-        self.allowed_hosts = {_host_name(h) for h in (*LOOPBACK_NAMES, host, *allowed_hosts) if h}
+        self.allowed_hosts = {split_host_header(h).lower().rstrip(".") for h in allowed_hosts}  # beyond loopback
         self.client_timeout = client_timeout
         self.store = store
         self.candidate_source = candidate_source
@@ -148,16 +148,6 @@ class FeedbackServer(ThreadingHTTPServer):
             print(f"[feedback] {message}", file=sys.stderr)
 
 
-def _host_name(host: str) -> str:
-    """The name part of a Host header or address, lower-case, without port or IPv6 brackets."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    if host.count(":") == 1:  # name:port (an IPv6 address without brackets has several colons)
-        host = host.split(":")[0]
-    return host.rstrip(".")
-
-
 class _Handler(BaseHTTPRequestHandler):
     server: FeedbackServer
     server_version = "ppolab-feedback"
@@ -174,11 +164,12 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host")
         if host is None:
             raise _HttpError(HTTPStatus.BAD_REQUEST, "a Host header is required")
-        if _host_name(host) not in self.server.allowed_hosts:
+        name = split_host_header(host).lower().rstrip(".")
+        if not host_allowed(host, str(self.server.server_address[0])) and name not in self.server.allowed_hosts:
             # DNS rebinding: another site's name now resolving to this address. Answer nothing.
+            names = ", ".join(["127.0.0.1", "localhost", "[::1]", *sorted(self.server.allowed_hosts)])
             raise _HttpError(HTTPStatus.MISDIRECTED_REQUEST,
-                             f"this server does not answer for host {host!r}; "
-                             f"use one of {', '.join(sorted(self.server.allowed_hosts))}")
+                             f"this server does not answer for host {host!r}; use one of {names}")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
         self.server.log(f"{self.address_string()} {format % args}")
@@ -349,30 +340,11 @@ def make_server(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port
                           allowed_hosts=allowed_hosts, client_timeout=client_timeout)
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def serve(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port: int = 8000,
           candidate_source: CandidateSource | None = None, model_version: str = "",
           *, sources: Iterable[Any] = (), quiet: bool = False, allowed_hosts: Iterable[str] = ()) -> None:
     """Serve the annotation page until Ctrl-C."""
     server = make_server(store, host, port, candidate_source, model_version,
                          sources=sources, quiet=quiet, allowed_hosts=allowed_hosts)
-    if not _is_loopback(host):
-        print(f"warning: listening on {host}: anyone who can reach this address can read "
-              "items and submit feedback (there is no authentication)", file=sys.stderr)
-    print(f"Annotation server on {server.url} (store: {server.store.path}); Ctrl-C to stop",
-          file=sys.stderr)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_interrupt(server, f"Annotation server on {server.url} (store: {server.store.path})",
+                          "read items and submit feedback")

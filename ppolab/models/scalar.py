@@ -83,6 +83,15 @@ class ValueModel(ScalarModel):
         optimizer already steps those weights), else every parameter."""
         return list(self.head.parameters() if self.shares_trunk else self.parameters())
 
+    def zero_last_layer(self) -> "ValueModel":
+        """Start a fresh value head at V = 0 everywhere. Its default init (std 1/sqrt(d+1)) assumes
+        unit-scale features; a real checkpoint's final hidden states are far larger (Gemma 3 270M's
+        first value loss was 85 with it), so the first value updates chased an arbitrary offset."""
+        last = self.head.net[-1] if self.head.hidden > 0 else self.head.net
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        return self
+
     @classmethod
     def from_policy(cls, policy: nn.Module, head_hidden: int = 0) -> "ValueModel":
         """A value model on a copy of the policy's trunk, with a fresh head.
@@ -91,7 +100,7 @@ class ValueModel(ScalarModel):
         keeps its frozen base and trains a copy of the adapter (plus the head), so a LoRA setup
         stays cheap. For one backbone in all roles use `value_head_on_policy` instead.
         """
-        return cls(copy.deepcopy(base_trunk(policy)), head_hidden=head_hidden, head_names=("value",))
+        return cls(copy.deepcopy(base_trunk(policy)), head_hidden=head_hidden, head_names=("value",)).zero_last_layer()
 
     @classmethod
     def from_reward_model(cls, reward: "RewardModel") -> "ValueModel":

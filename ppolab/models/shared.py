@@ -32,7 +32,7 @@ def value_head_on_policy(policy: nn.Module, head_hidden: int = 0) -> ValueModel:
     `value.to(...)` would move it, and `value.state_dict()` contains the trunk's weights.
     """
     trunk = base_trunk(policy)
-    value = ValueModel(trunk, head_hidden=head_hidden, head_names=("value",))
+    value = ValueModel(trunk, head_hidden=head_hidden, head_names=("value",)).zero_last_layer()
     value.shares_trunk = True
     # ScalarModel creates its head and head_weights on the CPU; put them where the trunk's output
     # comes out (its last parameter: the final norm) so a CUDA policy needs no `.to()` on `value`,

@@ -25,7 +25,8 @@ CPU_TEST = {
                      "reference_pairs": False},
     "ppo": {"steps": 40, "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "lr": 5e-5,
             "kl_coef": 0.1, "vf_coef": 0.1, "whiten_advantages": True, "max_new_tokens": 48,
-            "temperature": 1.0},
+            "temperature": 1.0,
+            "record_rollouts": 4},  # rollouts per step written token by token to RUN/rollouts.jsonl (0 = off)
     "feedback": {"items": 80, "candidates": 6, "shown": 3, "custom_every": 5, "port": 0},
     "reward_model_human": {"epochs": 3, "lr": 5e-5, "batch_size": 8, "val_fraction": 0.25,
                            "mix_synthetic": 200},

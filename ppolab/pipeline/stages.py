@@ -332,6 +332,7 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     Resumable: every step's state (weights, optimizers, KL controller, RNG) is checkpointed
     atomically, and a restarted stage continues from the last completed step.
     """
+    from ..inspect import RolloutRecorder
     from ..ppo import PPOTrainer
     from ..sft.trainer import save_sft
 
@@ -354,7 +355,10 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
 
     gcfg = GenerationConfig(max_new_tokens=p["max_new_tokens"], temperature=p["temperature"],
                             stop_at_newline=stops_at_newline(tok), max_prompt_length=512)
-    trainer = PPOTrainer(pcfg, policy, ref, value, reward, tok, gcfg)
+    # A few rollouts per step, token by token, for `ppolab inspect` (RUN/rollouts.jsonl; 0 = off).
+    # A resumed stage redoes the steps after its checkpoint; the recorder drops their old lines.
+    recorder = RolloutRecorder(run / "rollouts.jsonl", per_step=p.get("record_rollouts", 4), stage=stage)
+    trainer = PPOTrainer(pcfg, policy, ref, value, reward, tok, gcfg, recorder=recorder)
     prompts = _ppo_prompts(cfg, tok)
 
     ckpt = run / f".{stage}.checkpoint.pt"

@@ -70,6 +70,7 @@ class PPOTrainer:
         reward: nn.Module | RewardFn,
         tokenizer,
         generation: GenerationConfig | None = None,
+        recorder=None,
     ):
         self.config = config.validate()
         self.generation = (generation or GenerationConfig()).validate()
@@ -102,6 +103,8 @@ class PPOTrainer:
         self.kl_controller = (
             AdaptiveKLController(c.kl_coef, c.kl_target, c.kl_horizon) if c.adaptive_kl else FixedKLController(c.kl_coef)
         )
+        # Optional: given a sample of each step's rollouts at the end of the step (ppolab.inspect.RolloutRecorder).
+        self.recorder = recorder
         self.steps_done = 0
         self.timings: dict[str, float] = {}  # seconds per phase of the current step
         torch.manual_seed(c.seed + self.rank)  # ranks sample different rollouts; rank 0 as a single process
@@ -189,7 +192,7 @@ class PPOTrainer:
         self.kl_controller.update(kl_per_sequence, len(scores))
         self.steps_done += 1
         n_tokens = float(mask.sum())
-        return {
+        stats = {
             "step": self.steps_done,
             "generated_texts": texts,
             "scores": scores.tolist(),
@@ -205,6 +208,25 @@ class PPOTrainer:
             "timings": dict(self.timings),
             "tokens": int(n_tokens),
         }
+        if self.recorder is not None and self.rank == 0:  # a sample of rank 0's rows is enough to look at
+            self._record(rollout, experience, stats)
+        return stats
+
+    @torch.no_grad()
+    def _record(self, rollout: Rollout, experience: dict, stats: dict) -> None:
+        """Hand the recorder the step's tensors, with the recorded rows' log-probs after the update.
+
+        One extra no-grad policy forward over just the recorded rows: the update's own log-probs are of
+        shuffled minibatches before each optimizer step, not of the final policy.
+        """
+        rows = self.recorder.select(self.steps_done, rollout.prompts)
+        if not rows:
+            return
+        idx = torch.tensor(rows, device=rollout.mask.device)
+        new_logprobs = response_logprobs(self.policy, rollout.input_ids[idx], rollout.attention_mask[idx],
+                                         rollout.mask.shape[1], self.generation.temperature)
+        self.recorder.record(self.steps_done, rollout, experience, new_logprobs, stats, self.tokenizer,
+                             clip_eps=self.config.clip_eps, rows=rows)
 
     def _update(self, buffer: ExperienceBuffer, n_response: int) -> dict:
         """PPO epochs over shuffled minibatches; each optimizer step accumulates micro-batches."""
