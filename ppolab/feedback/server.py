@@ -36,7 +36,7 @@ from typing import Any, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from ppolab.feedback.store import CandidateSource, FeedbackError, FeedbackItem, FeedbackStore, check_item_id
-from ppolab.localhttp import host_allowed, serve_until_interrupt, split_host_header
+from ppolab.localhttp import host_allowed, send, serve_until_interrupt, split_host_header
 
 __all__ = ["FeedbackServer", "make_server", "serve", "MAX_BODY_BYTES"]
 
@@ -176,15 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        send(self, status, body, content_type, headers)  # no-store, nosniff, no-referrer
 
     def _json(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
