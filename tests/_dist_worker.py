@@ -82,16 +82,42 @@ def params(trainer: PPOTrainer) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-def main(outdir: Path) -> None:
+def launch(worker: str, outdir: Path, n_ranks: int = N_RANKS) -> dict:
+    """Run `tests/<worker> OUTDIR` on `n_ranks` gloo ranks under torchrun; {rank: what it saved}."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_ranks}",
+           str(ROOT / "tests" / worker), str(outdir)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return {r: torch.load(outdir / f"rank{r}.pt", weights_only=False) for r in range(n_ranks)}
+
+
+def start_rank(outdir: Path):
+    """Join the process group; (rank, tokenizer, rollout) as the test process prepared them."""
     import torch.distributed as dist
     from transformers import AutoTokenizer
 
     dist.init_process_group("gloo")
-    rank = dist.get_rank()
     assert dist.get_world_size() == N_RANKS
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(outdir / "tokenizer")
-    rollout = torch.load(outdir / "rollout.pt", weights_only=False)
+    return dist.get_rank(), tokenizer, torch.load(outdir / "rollout.pt", weights_only=False)
+
+
+def finish_rank(result: dict, outdir: Path, rank: int) -> None:
+    import torch.distributed as dist
+
+    torch.save(result, outdir / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main(outdir: Path) -> None:
+    rank, tokenizer, rollout = start_rank(outdir)
     result: dict = {}
 
     for name, config in CONFIGS.items():
@@ -115,9 +141,7 @@ def main(outdir: Path) -> None:
     except ValueError as e:
         result["too_many_prompts_error"] = str(e)
 
-    torch.save(result, outdir / f"rank{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_rank(result, outdir, rank)
 
 
 if __name__ == "__main__":

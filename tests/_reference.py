@@ -122,24 +122,102 @@ def masked_whiten(x, mask, shift_mean=True, eps=1e-8):
     return out
 
 
-def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, eps):
-    """Returns (loss, clipfrac, approx_kl, ratio_mean, grad wrt logprobs)."""
-    pos = valid_positions(mask)
-    n = len(pos)
-    loss = clipfrac = approx_kl = ratio_sum = 0.0
-    grad = zeros_like(mask)
-    for b, t in pos:
+def policy_loss_terms(logprobs, old_logprobs, advantages, mask, eps, eps_high=None, dual_clip=None):
+    """Per token: (loss, d loss / d logprob, clipped low, clipped high, dual-clipped), as [B][T] lists."""
+    eps_high = eps if eps_high is None else eps_high
+    loss, grad, low, high, dual = (zeros_like(mask) for _ in range(5))
+    for b, t in valid_positions(mask):
         a = advantages[b][t]
         ratio = math.exp(logprobs[b][t] - old_logprobs[b][t])
-        clipped_ratio = min(max(ratio, 1 - eps), 1 + eps)
-        loss += max(-a * ratio, -a * clipped_ratio) / n
-        clipfrac += (abs(ratio - 1) > eps) / n
-        approx_kl += 0.5 * (logprobs[b][t] - old_logprobs[b][t]) ** 2 / n
-        ratio_sum += ratio
+        clipped_ratio = min(max(ratio, 1 - eps), 1 + eps_high)
+        value = max(-a * ratio, -a * clipped_ratio)
         # The objective is flat where clipping binds in the advantage's favour.
-        flat = (a > 0 and ratio > 1 + eps) or (a < 0 and ratio < 1 - eps)
-        grad[b][t] = 0.0 if flat else -a * ratio / n
-    return loss, clipfrac, approx_kl, ratio_sum / n, grad
+        flat = (a > 0 and ratio > 1 + eps_high) or (a < 0 and ratio < 1 - eps)
+        slope = 0.0 if flat else -a * ratio
+        if dual_clip is not None and a < 0 and value > -dual_clip * a:
+            value, slope, dual[b][t] = -dual_clip * a, 0.0, 1.0
+        loss[b][t], grad[b][t] = value, slope
+        low[b][t], high[b][t] = float(ratio < 1 - eps), float(ratio > 1 + eps_high)
+    return loss, grad, low, high, dual
+
+
+def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, eps):
+    """Token-mean, symmetric clip. Returns (loss, clipfrac, approx_kl, ratio_mean, grad wrt logprobs)."""
+    loss, grad, low, high, _ = policy_loss_terms(logprobs, old_logprobs, advantages, mask, eps)
+    n = len(valid_positions(mask))
+    log_ratio = [[lp - o for lp, o in zip(r1, r2)] for r1, r2 in zip(logprobs, old_logprobs)]
+    approx_kl = masked_mean([[0.5 * d * d for d in row] for row in log_ratio], mask)
+    ratio_mean = masked_mean([[math.exp(d) for d in row] for row in log_ratio], mask)
+    clipfrac = masked_mean([[lo + hi for lo, hi in zip(r1, r2)] for r1, r2 in zip(low, high)], mask)
+    return masked_mean(loss, mask), clipfrac, approx_kl, ratio_mean, [[g / n for g in row] for row in grad]
+
+
+def aggregate(x, mask, mode, norm_length=None):
+    """verl's loss_agg_mode, straight from the definitions."""
+    rows = [[x[b][t] for t in range(len(mask[b])) if mask[b][t]] for b in range(len(mask))]
+    if mode == "token-mean":
+        return sum(v for row in rows for v in row) / sum(len(row) for row in rows)
+    if mode == "seq-mean-token-sum":
+        return sum(sum(row) for row in rows) / len(rows)
+    if mode == "seq-mean-token-mean":
+        return sum(sum(row) / len(row) for row in rows) / len(rows)
+    length = len(mask[0]) if norm_length is None else norm_length
+    return sum(v for row in rows for v in row) / (len(rows) * length)
+
+
+def aggregation_weights(mask, mode, norm_length=None):
+    """d aggregate / d x[b][t]: the weight each valid token gets (0 on padding)."""
+    n_tokens, n_rows = len(valid_positions(mask)), len(mask)
+    out = zeros_like(mask)
+    for b, t in valid_positions(mask):
+        if mode == "token-mean":
+            out[b][t] = 1.0 / n_tokens
+        elif mode == "seq-mean-token-sum":
+            out[b][t] = 1.0 / n_rows
+        elif mode == "seq-mean-token-mean":
+            out[b][t] = 1.0 / (n_rows * sum(mask[b]))
+        else:
+            out[b][t] = 1.0 / (n_rows * (len(mask[b]) if norm_length is None else norm_length))
+    return out
+
+
+def kl_gradient(logprobs, ref_logprobs, mask, estimator):
+    """d per_token_kl / d logprob per token, differentiated by hand (r = ref - logprob)."""
+    out = zeros_like(mask)
+    for b, t in valid_positions(mask):
+        r = ref_logprobs[b][t] - logprobs[b][t]
+        out[b][t] = {"k1": 1.0, "k2": -r, "k3": 1.0 - math.exp(r)}[estimator]
+    return out
+
+
+def group_advantages(scores, group_size, scale="std", eps=1e-6):
+    out = []
+    for start in range(0, len(scores), group_size):
+        group = scores[start : start + group_size]
+        mean = sum(group) / len(group)
+        if all(s == group[0] for s in group):  # no signal: exactly 0
+            out += [0.0] * len(group)
+            continue
+        std = math.sqrt(sum((s - mean) ** 2 for s in group) / (len(group) - 1)) if scale == "std" else None
+        out += [(s - mean) / (std + eps) if scale == "std" else s - mean for s in group]
+    return out
+
+
+def rloo_advantages(scores, group_size):
+    out = []
+    for start in range(0, len(scores), group_size):
+        group = scores[start : start + group_size]
+        for i, s in enumerate(group):
+            others = [o for j, o in enumerate(group) if j != i]
+            out.append(0.0 if all(o == s for o in others) else s - sum(others) / len(others))
+    return out
+
+
+def expand_to_tokens(advantages, mask):
+    out = zeros_like(mask)
+    for b, t in valid_positions(mask):
+        out[b][t] = advantages[b]
+    return out
 
 
 def clipped_value_loss(values, old_values, returns, mask, eps):

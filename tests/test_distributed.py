@@ -4,10 +4,6 @@ One torchrun launch (tests/_dist_worker.py) does all the 2-rank work; this proce
 deterministic rollout, runs the single-process twins and compares.
 """
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +15,6 @@ from ppolab.ppo.trainer import TRAIN_KEYS
 from tests import _dist_worker as w
 from tests.helpers import tiny_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-5
 
 
@@ -72,13 +67,7 @@ def runs(tmp_path_factory):
     tok.save_pretrained(out / "tokenizer")
     rollout = deterministic_rollout(w.make_trainer(w.CONFIGS["A"], tok))
     torch.save(rollout, out / "rollout.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={w.N_RANKS}",
-           str(ROOT / "tests" / "_dist_worker.py"), str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return rollout, {r: torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(w.N_RANKS)}
+    return rollout, w.launch("_dist_worker.py", out)
 
 
 def _assert_params_close(got: dict, want: dict, what: str):

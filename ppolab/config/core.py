@@ -136,6 +136,15 @@ class PPOConfig:
     whiten_rewards: bool = False
     whiten_advantages: bool = True
     missing_eos_penalty: float | None = None  # subtracted from the score when no EOS was generated
+    # Research switches (ppolab.advantage, ppolab.ppo.aggregate_loss; see PPOTrainer.make_experience).
+    advantage_estimator: str = "gae"  # "gae", "grpo", "dr_grpo", "rloo" or "reinforce_pp"
+    group_size: int = 1  # samples per prompt: the trainer repeats each prompt group_size times
+    loss_aggregation: str = "token-mean"  # or "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+    kl_in: str = "reward"  # "reward": -kl_coef * KL in the rewards; "loss": kl_loss_coef * kl_loss in the loss
+    kl_loss_coef: float = 0.001  # verl's default
+    kl_loss_estimator: str = "k3"  # k3's gradient pulls towards the reference; k1's is 0 in expectation
+    clip_eps_high: float | None = None  # upper clip (clip-higher, DAPO); None = clip_eps
+    dual_clip: float | None = None  # > 1: cap the loss of negative-advantage tokens at -dual_clip * A
     seed: int = 0
 
     def validate(self) -> "PPOConfig":
@@ -165,7 +174,37 @@ class PPOConfig:
         _check(self.kl_horizon >= 1, c, "kl_horizon", "must be >= 1")
         _check(self.max_grad_norm >= 0, c, "max_grad_norm", "must be >= 0")
         _check(self.vf_coef >= 0, c, "vf_coef", "must be >= 0")
+        self._validate_research_switches()
         return self
+
+    def _validate_research_switches(self) -> None:
+        c = "PPOConfig"
+        _check(self.advantage_estimator in ESTIMATORS, c, "advantage_estimator",
+               f"must be one of {ESTIMATORS}, got {self.advantage_estimator!r}")
+        _check(isinstance(self.group_size, int) and self.group_size >= 1, c, "group_size",
+               f"must be an int >= 1, got {self.group_size!r}")
+        if self.advantage_estimator in GROUP_ESTIMATORS:
+            _check(self.group_size >= 2, c, "group_size",
+                   f"{self.advantage_estimator!r} compares samples of one prompt: needs group_size >= 2, "
+                   f"got {self.group_size}")
+        _check(self.batch_size % self.group_size == 0, c, "batch_size",
+               f"{self.batch_size} is not a multiple of group_size {self.group_size} (whole groups per batch)")
+        _check(self.loss_aggregation in AGGREGATIONS, c, "loss_aggregation",
+               f"must be one of {AGGREGATIONS}, got {self.loss_aggregation!r}")
+        _check(self.kl_in in ("reward", "loss"), c, "kl_in", f"must be 'reward' or 'loss', got {self.kl_in!r}")
+        _check(self.kl_loss_coef >= 0, c, "kl_loss_coef", "must be >= 0")
+        _check(self.kl_loss_estimator in ("k1", "k2", "k3"), c, "kl_loss_estimator", "must be k1, k2 or k3")
+        _check(not (self.adaptive_kl and self.kl_in == "loss"), c, "adaptive_kl",
+               "steers the reward penalty's coefficient: not with kl_in='loss'")
+        _check(self.clip_eps_high is None or self.clip_eps_high > 0, c, "clip_eps_high",
+               f"must be > 0 (or null), got {self.clip_eps_high}")
+        _check(self.dual_clip is None or self.dual_clip > 1, c, "dual_clip",
+               f"must be > 1 (or null), got {self.dual_clip}")
+
+    @property
+    def critic_free(self) -> bool:
+        """True when the advantage needs no value model (every estimator but GAE)."""
+        return self.advantage_estimator != "gae"
 
     @property
     def effective_micro_batch_size(self) -> int:
@@ -175,6 +214,11 @@ class PPOConfig:
     def effective_value_lr(self) -> float:
         return self.value_lr or self.lr
 
+
+ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp")
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # baselines from the other samples of the prompt
+# ppolab.ppo.AGGREGATIONS, repeated here because config imports nothing of ours (checked by a test).
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 T = TypeVar("T")
 

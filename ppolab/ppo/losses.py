@@ -1,6 +1,7 @@
 """PPO losses: clipped policy surrogate, clipped value loss, entropy.
 
-Losses are token-level means over the valid tokens of the batch
+The policy loss is reduced with ``aggregate_loss`` (token-mean by default, or a
+seq-mean mode); the value loss is a token-level mean over the valid tokens of the batch
 (``masked_mean``). The rollout-time quantities (``old_logprobs``,
 ``advantages``, ``old_values``, ``returns``) are constants of the surrogate
 objective, so they are detached here: a forgotten ``.detach()`` upstream
@@ -9,6 +10,7 @@ cannot leak gradients into the value head or the old policy.
 import torch
 
 from .._checks import check_finite, check_floating, check_mask, check_positive, check_same_shape
+from ..advantage.aggregate import aggregate_loss
 from ..advantage.whiten import _masked_mean
 
 
@@ -37,36 +39,60 @@ def clipped_policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float,
+    *,
+    clip_eps_high: float | None = None,
+    dual_clip: float | None = None,
+    aggregation: str = "token-mean",
+    norm_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
 
-    ``loss = masked_mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))``.
-    The max (pessimistic bound) removes the incentive to push the ratio
-    beyond ``1 +- eps`` in the direction the advantage favours: on such
-    tokens the clipped term is selected and the gradient is 0.
+    Per token, ``l = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps_high))``, reduced with
+    ``aggregate_loss(l, mask, aggregation, norm_length)``. The max (pessimistic bound) removes the
+    incentive to push the ratio beyond the clip range in the direction the advantage favours: on
+    such tokens the clipped term is selected and the gradient is 0.
+
+    * ``clip_eps_high`` (clip-higher, DAPO, Yu et al. 2025): a wider upper bound lets unlikely
+      tokens with positive advantage grow faster, against entropy collapse. Default: ``clip_eps``.
+    * ``dual_clip=c`` (> 1; Ye et al. 2020): for ``A < 0`` the loss is capped at ``-c * A``, so a
+      token whose ratio exploded cannot dominate the update (its gradient there is 0).
 
     Args:
         logprobs: ``[B, T]`` current policy log-probs (carries the gradient).
         old_logprobs: ``[B, T]`` rollout-time log-probs (detached).
         advantages: ``[B, T]`` (detached).
-        mask: ``[B, T]``.  clip_eps: > 0.
+        mask: ``[B, T]``.  clip_eps, clip_eps_high: > 0.
+        aggregation, norm_length: see ``aggregate_loss``.
     Returns:
-        ``(loss, stats)``; loss is a scalar in the inputs' dtype; stats holds
-        detached scalars: ``clipfrac`` (share of valid tokens with
-        ``|ratio - 1| > eps``), ``approx_kl`` (mean of the k2 estimator
-        ``0.5 * (logprobs - old_logprobs)**2`` of KL(old || new)) and
-        ``ratio_mean``.
+        ``(loss, stats)``; loss is a scalar in the inputs' dtype; stats holds detached token
+        means: ``clipfrac`` (share of valid tokens with the ratio outside the clip range, =
+        ``clipfrac_low + clipfrac_high``), ``clipfrac_low`` / ``clipfrac_high`` (below / above),
+        ``dual_clipfrac`` (tokens capped by the dual clip; 0 without it), ``approx_kl`` (mean of
+        the k2 estimator ``0.5 * (logprobs - old_logprobs)**2`` of KL(old || new)), ``ratio_mean``.
     """
     mask, eps = _validate(mask, clip_eps, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
+    eps_high = eps if clip_eps_high is None else check_positive(clip_eps_high, "clip_eps_high")
+    if dual_clip is not None and not float(dual_clip) > 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     # Zero padding *before* any arithmetic so junk there cannot reach values or gradients.
     log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), 0.0)
     advantages = torch.where(mask, advantages.detach(), 0.0)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - eps, 1.0 + eps)
-    loss = _masked_mean(torch.maximum(unclipped, clipped), mask).to(logprobs.dtype)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - eps, 1.0 + eps_high)
+    per_token = torch.maximum(unclipped, clipped)
+    dual_hit = torch.zeros_like(mask)
+    if dual_clip is not None:
+        cap = -float(dual_clip) * advantages  # > 0 where A < 0
+        dual_hit = (advantages < 0) & (per_token > cap)
+        per_token = torch.where(dual_hit, cap, per_token)
+    loss = aggregate_loss(per_token, mask, aggregation, norm_length).to(logprobs.dtype)
+    low, high = (ratio < 1.0 - eps).to(ratio.dtype), (ratio > 1.0 + eps_high).to(ratio.dtype)
     stats = {
-        "clipfrac": _stat(((ratio - 1.0).abs() > eps).to(ratio.dtype), mask),
+        "clipfrac": _stat(low + high, mask),
+        "clipfrac_low": _stat(low, mask),
+        "clipfrac_high": _stat(high, mask),
+        "dual_clipfrac": _stat(dual_hit.to(ratio.dtype), mask),
         "approx_kl": _stat(0.5 * log_ratio.square(), mask),
         "ratio_mean": _stat(ratio, mask),
     }

@@ -3,6 +3,9 @@
     prompts ─SequenceGenerator→ Rollout ─reward→ scores[B] ─per_token_kl, kl_penalized_rewards→ rewards[B,T]
             ─gae (+ masked_whiten)→ advantages, returns ─ExperienceBuffer→ minibatches × epochs
             ─clipped_policy_loss + clipped_value_loss→ optimizer steps → stats
+
+Critic-free estimators (`PPOConfig.advantage_estimator`: GRPO, Dr. GRPO, RLOO, REINFORCE++) change
+only the advantage arrow (see `estimate_advantages`) and drop the value model and its loss.
 """
 from __future__ import annotations
 
@@ -12,12 +15,15 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..advantage import gae, masked_mean
+from ..advantage import (
+    expand_to_tokens, gae, group_advantages, masked_mean, rewards_to_go, rloo_advantages,
+)
+from ..advantage.aggregate import aggregate_loss, aggregation_units
 from ..config import GenerationConfig, PPOConfig
 from ..experience_buffer import ExperienceBuffer
 from ..models import Reference, RewardModel, disable_dropout
 from ..models.builders import position_ids_from_mask
-from ..reward_kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards, per_token_kl
+from ..reward_kl import AdaptiveKLController, FixedKLController, kl_loss, kl_penalized_rewards, per_token_kl
 from ..token_attribution import Rollout, SequenceGenerator, response_logprobs
 from ..token_attribution.generator import timed
 from .losses import clipped_policy_loss, clipped_value_loss
@@ -51,14 +57,18 @@ def sequence_classifier_scores(model: nn.Module, input_ids: torch.Tensor, attent
 class PPOTrainer:
     """Owns the optimizers and the KL controller; `ppo_step(prompts)` does one full PPO update.
 
-    `reward` is a `RewardModel` (scored on the rollout's token ids when it shares the policy's
-    tokenizer, else on texts), a Hugging Face sequence-classification model (same tokenizer), or
+    `reward` is a `RewardModel` (scored on the text prompt + response + EOS, as it was trained
+    and normalised), a Hugging Face sequence-classification model (same tokenizer), or
     any callable `(prompts, responses) -> scores [B]` such as a translation metric.
 
     Under `torchrun` (process group initialised before construction, N > 1 ranks) the trainer is
     data-parallel: `PPOConfig.batch_size` and `minibatch_size` are global, each rank passes its
     own `batch_size / N` prompts, and a step equals one process's step on all ranks' rollouts
     (see `ppolab.distributed`). Models are broadcast from rank 0; sampling is seeded `seed + rank`.
+
+    `value` is None exactly when the advantage estimator is critic-free (all but "gae"): then no
+    value forward, value loss or value optimizer runs. With `group_size` G > 1, `ppo_step` takes
+    `batch_size / G` prompts (per rank) and samples each G times, in consecutive rows.
     """
 
     def __init__(
@@ -66,7 +76,7 @@ class PPOTrainer:
         config: PPOConfig,
         policy: nn.Module,
         ref: nn.Module | None,  # None: `Reference(policy)` (adapter-disabled base for LoRA, else a frozen copy)
-        value: nn.Module,
+        value: nn.Module | None,  # None exactly for the critic-free estimators
         reward: nn.Module | RewardFn,
         tokenizer,
         generation: GenerationConfig | None = None,
@@ -79,6 +89,12 @@ class PPOTrainer:
         self.local_batch_size, self.local_minibatch_size = dist.check_batch_sizes(
             c.batch_size, c.minibatch_size, c.micro_batch_size, self.world_size
         )
+        if c.critic_free != (value is None):
+            need = "uses no value model: pass value=None" if c.critic_free else "needs a value model"
+            raise ValueError(f"value: advantage_estimator={c.advantage_estimator!r} {need}")
+        if self.local_batch_size % c.group_size:  # a group must not straddle two ranks
+            raise ValueError(f"PPOConfig.group_size={c.group_size} must divide the per-rank batch "
+                             f"{self.local_batch_size} (batch_size {c.batch_size} over {self.world_size} ranks)")
         if ref is None:
             # Never the policy itself (KL would be 0 by construction): the adapter-disabled base for
             # a LoRA policy, else a frozen copy of the policy as it is now.
@@ -95,7 +111,7 @@ class PPOTrainer:
         if not params:
             raise ValueError("policy: no trainable parameters")
         self.policy_optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
-        self.value_optimizer = torch.optim.AdamW(
+        self.value_optimizer = None if value is None else torch.optim.AdamW(
             # A value head on the policy's trunk gives only its head here: the trunk is the policy's.
             getattr(value, "trainable_parameters", value.parameters)(),
             lr=c.effective_value_lr, eps=c.adam_eps, weight_decay=c.weight_decay,
@@ -134,17 +150,21 @@ class PPOTrainer:
     # -- one PPO step, in three stages a reader can call one by one ------------------------------
     def ppo_step(self, prompts: list[str]) -> dict:
         """Generate, score and update: `update(make_experience(rollout(prompts)))`, plus stats."""
-        if len(prompts) != self.local_batch_size:
+        group = self.config.group_size
+        if len(prompts) * group != self.local_batch_size:
             per_rank = f" over {self.world_size} ranks: {self.local_batch_size} per rank" if self.world_size > 1 else ""
-            raise ValueError(f"prompts: got {len(prompts)}, PPOConfig.batch_size is {self.config.batch_size}{per_rank}")
+            sampled = f", each sampled group_size={group} times" if group > 1 else ""
+            raise ValueError(f"prompts: got {len(prompts)}{sampled}, PPOConfig.batch_size is "
+                             f"{self.config.batch_size}{per_rank}")
         rollout = self.rollout(prompts)
         experience = self.make_experience(rollout)
         train_stats = self.update(experience)
         return self.finish_step(rollout, experience, train_stats)
 
     def rollout(self, prompts: list[str]) -> Rollout:
-        """Stage 1: sample responses; policy, reference and value score them in one forward each."""
-        rollout = self.generator.generate(prompts)
+        """Stage 1: sample responses (each prompt `group_size` times, in consecutive rows); policy,
+        reference and value score them in one forward each."""
+        rollout = self.generator.generate([p for p in prompts for _ in range(self.config.group_size)])
         self.timings = dict(self.generator.timings)
         return rollout
 
@@ -158,24 +178,59 @@ class PPOTrainer:
         with timed(self.timings, "advantage"):
             kl = per_token_kl(rollout.logprobs, rollout.ref_logprobs, mask, c.kl_estimator)
             rewards = kl_penalized_rewards(
-                scores, kl, mask, self.kl_controller.value,
+                scores, kl, mask, self.kl_controller.value if c.kl_in == "reward" else 0.0,
                 missing_eos_penalty=c.missing_eos_penalty, has_eos=rollout.has_eos,
             )
             if c.whiten_rewards:
                 rewards = dist.global_masked_whiten(rewards, mask, shift_mean=False)
-            advantages, returns = gae(rewards, rollout.values, mask, c.gamma, c.lam)
-            if c.whiten_advantages:
-                advantages = dist.global_masked_whiten(advantages, mask)
+            advantages, returns = self.estimate_advantages(rewards, rollout.values, mask)
         return {
             "input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask, "mask": mask,
             "logprobs": rollout.logprobs, "values": rollout.values, "advantages": advantages,
-            "returns": returns, "scores": scores, "kl": kl, "rewards": rewards,
+            "returns": returns, "scores": scores, "kl": kl, "rewards": rewards, "ref_logprobs": rollout.ref_logprobs,
         }
+
+    def estimate_advantages(
+        self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The estimator switch: token rewards `[B, T]` -> `(advantages, returns)`, both `[B, T]`.
+
+        A response's sequence reward is the sum of its token rewards: its score (less any
+        missing-EOS penalty), less `kl_coef * KL` when `kl_in="reward"`. G is `group_size`.
+
+            gae           gae(rewards, values, gamma, lam); global masked_whiten if whiten_advantages
+            grpo          expand_to_tokens(group_advantages(rewards.sum(-1), G))
+            dr_grpo       expand_to_tokens(group_advantages(rewards.sum(-1), G, scale="none"))
+            rloo          expand_to_tokens(rloo_advantages(rewards.sum(-1), G))
+            reinforce_pp  global_masked_whiten(rewards_to_go(rewards, gamma))     REINFORCE++ (Hu 2025),
+                          a composition: KL-penalised rewards, returns-to-go (gamma 1 by default), whitened
+                          over all tokens of the whole (all ranks') batch
+
+        Critic-free returns are the rewards-to-go: logged, never trained on (there is no value model).
+        Groups lie inside one rank's rows (checked at construction), so they need no collective.
+        """
+        c = self.config
+        if c.advantage_estimator == "gae":
+            advantages, returns = gae(rewards, values, mask, c.gamma, c.lam)
+            if c.whiten_advantages:
+                advantages = dist.global_masked_whiten(advantages, mask)
+            return advantages, returns
+        returns = rewards_to_go(rewards, mask, c.gamma)
+        if c.advantage_estimator == "reinforce_pp":
+            return dist.global_masked_whiten(returns, mask), returns
+        sequence_rewards = torch.where(mask.bool(), rewards, 0.0).sum(-1)  # [B]
+        if c.advantage_estimator == "rloo":
+            per_sequence = rloo_advantages(sequence_rewards, c.group_size)
+        else:
+            scale = "std" if c.advantage_estimator == "grpo" else "none"
+            per_sequence = group_advantages(sequence_rewards, c.group_size, scale=scale)
+        return expand_to_tokens(per_sequence, mask), returns
 
     def update(self, experience: dict[str, torch.Tensor]) -> dict:
         """Stage 3: PPO epochs over shuffled minibatches of the experience; returns mean losses."""
         buffer = ExperienceBuffer()
-        buffer.add(**{k: experience[k] for k in TRAIN_KEYS})
+        keys = TRAIN_KEYS + (("ref_logprobs",) if self.config.kl_in == "loss" else ())
+        buffer.add(**{k: experience[k] for k in keys})
         with timed(self.timings, "update"):
             return self._update(buffer, n_response=experience["mask"].shape[1])
 
@@ -188,7 +243,7 @@ class PPOTrainer:
             mask, scores, rewards, k1, has_eos = dist.all_gather_rows(mask, scores, rewards, k1, has_eos)
             texts = dist.all_gather_objects(texts)
         kl_per_sequence = float(k1.sum(-1).mean())
-        kl_coef = self.kl_controller.value
+        kl_coef = self.kl_controller.value if self.config.kl_in == "reward" else 0.0  # the reward penalty's
         self.kl_controller.update(kl_per_sequence, len(scores))
         self.steps_done += 1
         n_tokens = float(mask.sum())
@@ -232,8 +287,14 @@ class PPOTrainer:
         """PPO epochs over shuffled minibatches; each optimizer step accumulates micro-batches."""
         c = self.config
         temp = self.generation.temperature
+        mode = c.loss_aggregation
+        # A fixed L for seq-mean-token-sum-norm: micro-batches and ranks hold responses of other widths.
+        norm_length = self.generation.max_new_tokens if mode == "seq-mean-token-sum-norm" else None
+        agg = {"aggregation": mode, "norm_length": norm_length}
+        optimizers = [o for o in (self.policy_optimizer, self.value_optimizer) if o is not None]
         self.policy.train()  # dropout was disabled when the models were built; train() only enables grads paths
-        self.value.train()
+        if self.value is not None:
+            self.value.train()
         sums: dict[str, float] = {}
         n_steps = 0
         dist.check_same_across_ranks(len(buffer), "rollouts in the experience")  # else collectives hang
@@ -241,45 +302,63 @@ class PPOTrainer:
             self.local_minibatch_size, c.ppo_epochs, seed=c.seed + self.steps_done,
             micro_batch_size=c.micro_batch_size or self.local_minibatch_size,
         ):
-            self.policy_optimizer.zero_grad(set_to_none=True)
-            self.value_optimizer.zero_grad(set_to_none=True)
-            # Token-weighted accumulation: the sum of micro losses equals the minibatch's token mean.
-            # Data-parallel, the minibatch is all ranks' rows: weights are shares of the global token
-            # count, so SUM-all-reducing the gradients gives the one-process gradient exactly.
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            # Exact accumulation: each micro-batch's loss is weighted by its share of what the
+            # minibatch's loss averages over - tokens for token-mean (and the value loss and the
+            # logged token statistics), rows for the seq-mean modes - so the weighted sum is the
+            # whole minibatch's loss. Data-parallel, the minibatch is all ranks' rows: the shares are
+            # of the global counts, so SUM-all-reducing the gradients gives the one-process gradient.
             total_tokens = dist.all_sum(sum(float(mb["mask"].sum()) for mb in micro_batches))
+            total_units = dist.all_sum(float(sum(aggregation_units(mb["mask"], mode) for mb in micro_batches)))
             step: dict[str, float] = {}
             for mb in micro_batches:
-                weight = float(mb["mask"].sum()) / total_tokens
+                token_weight = float(mb["mask"].sum()) / total_tokens
+                policy_weight = aggregation_units(mb["mask"], mode) / total_units
                 logprobs, entropy = response_logprobs(
                     self.policy, mb["input_ids"], mb["attention_mask"], n_response, temp, with_entropy=True
                 )
-                vpred = self.value(mb["input_ids"], mb["attention_mask"])[:, -n_response - 1 : -1]
                 pg_loss, pg_stats = clipped_policy_loss(
-                    logprobs, mb["logprobs"], mb["advantages"], mb["mask"], c.clip_eps
+                    logprobs, mb["logprobs"], mb["advantages"], mb["mask"], c.clip_eps,
+                    clip_eps_high=c.clip_eps_high, dual_clip=c.dual_clip, **agg,
                 )
-                vf_loss, vf_stats = clipped_value_loss(vpred, mb["values"], mb["returns"], mb["mask"], c.value_clip_eps)
                 if c.entropy_coef == 0:  # logged only: keep it out of the backward pass
                     entropy = entropy.detach()
-                ent = masked_mean(entropy, mb["mask"])
-                loss = pg_loss + c.vf_coef * vf_loss - c.entropy_coef * ent
-                (loss * weight).backward()
-                for k, v in {"policy_loss": pg_loss, "value_loss": vf_loss, "entropy": ent,
-                             **pg_stats, **vf_stats}.items():
-                    step[k] = step.get(k, 0.0) + weight * float(v.detach())
-            groups = self.policy_optimizer.param_groups + self.value_optimizer.param_groups
+                policy_loss = pg_loss - c.entropy_coef * aggregate_loss(entropy, mb["mask"], mode, norm_length)
+                by_policy_weight = {"policy_loss": pg_loss}
+                if c.kl_in == "loss":
+                    kl = kl_loss(logprobs, mb["ref_logprobs"], mb["mask"], c.kl_loss_estimator, **agg)
+                    policy_loss = policy_loss + c.kl_loss_coef * kl
+                    by_policy_weight["kl_loss"] = kl
+                loss = policy_loss * policy_weight
+                by_token_weight = {"entropy": masked_mean(entropy, mb["mask"]), **pg_stats}
+                if self.value is not None:  # the value loss stays a token mean in every mode
+                    vpred = self.value(mb["input_ids"], mb["attention_mask"])[:, -n_response - 1 : -1]
+                    vf_loss, vf_stats = clipped_value_loss(
+                        vpred, mb["values"], mb["returns"], mb["mask"], c.value_clip_eps
+                    )
+                    loss = loss + c.vf_coef * vf_loss * token_weight
+                    by_token_weight.update(value_loss=vf_loss, **vf_stats)
+                loss.backward()
+                for weight, values in ((policy_weight, by_policy_weight), (token_weight, by_token_weight)):
+                    for k, v in values.items():
+                        step[k] = step.get(k, 0.0) + weight * float(v.detach())
+            groups = [g for o in optimizers for g in o.param_groups]
             dist.all_reduce_gradients([p for g in groups for p in g["params"]])  # SUM: weights are global shares
-            step = dist.all_sum(step)  # each rank held its tokens' share of the minibatch means
+            step = dist.all_sum(step)  # each rank held its share of the minibatch means
             if c.max_grad_norm > 0:  # after the all-reduce: every rank clips by the same global norm
                 policy_params = [p for g in self.policy_optimizer.param_groups for p in g["params"]]
                 step["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy_params, c.max_grad_norm))
-                torch.nn.utils.clip_grad_norm_(
-                    getattr(self.value, "trainable_parameters", self.value.parameters)(), c.max_grad_norm
-                )
-            self.policy_optimizer.step()
-            self.value_optimizer.step()
+                if self.value is not None:
+                    torch.nn.utils.clip_grad_norm_(
+                        getattr(self.value, "trainable_parameters", self.value.parameters)(), c.max_grad_norm
+                    )
+            for o in optimizers:
+                o.step()
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_steps += 1
         self.policy.eval()
-        self.value.eval()
+        if self.value is not None:
+            self.value.eval()
         return {k: v / n_steps for k, v in sums.items()}

@@ -19,6 +19,7 @@ from .._checks import (
     check_same_shape,
     check_shape,
 )
+from ..advantage.aggregate import aggregate_loss
 
 ESTIMATORS = ("k1", "k2", "k3")
 
@@ -105,3 +106,36 @@ def kl_penalized_rewards(
     rewards = torch.where(mask, -kl_coef * kl, 0.0)
     last = mask.sum(dim=1, keepdim=True) - 1  # [B, 1] index of the last valid token
     return rewards + torch.zeros_like(rewards).scatter(1, last, scores[:, None])
+
+
+def kl_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    estimator: str = "k3",
+    aggregation: str = "token-mean",
+    norm_length: int | None = None,
+) -> torch.Tensor:
+    """KL to the reference as a loss term (GRPO style) instead of a reward penalty, ``[]``.
+
+    ``aggregate_loss(per_token_kl(logprobs, ref_logprobs, mask, estimator), mask, aggregation)``;
+    the caller adds ``kl_loss_coef * kl_loss(...)`` to the policy loss. The *values* of k1 and k3
+    are both unbiased for KL(policy || ref), but differentiating them through ``logprobs`` on
+    tokens sampled from the policy gives different things (``r = ref_logprob - logprob``):
+
+        k1: d/dlogprob = 1           E[grad] = E[grad log pi] = 0: no pull towards ref at all,
+                                     only noise
+        k2: d/dlogprob = -r          E[grad] = grad KL(policy || ref), the reverse KL
+        k3: d/dlogprob = 1 - e^r     E[grad] = grad KL(ref || policy), the *forward* KL
+                                     (a mass-covering pull; GRPO's and verl's "low_var_kl")
+
+    (Expectations over the policy's own samples, i.e. on-policy; see Tang & Munos 2025, "On a few
+    pitfalls in KL divergence gradient estimation for RL".)
+
+    Args:
+        logprobs: ``[B, T]`` current policy log-probs (carries the gradient).
+        ref_logprobs: ``[B, T]`` reference log-probs (detached).  mask: ``[B, T]``.
+        estimator: ``"k1"``, ``"k2"`` or ``"k3"``.  aggregation, norm_length: see ``aggregate_loss``.
+    """
+    per_token = per_token_kl(logprobs, ref_logprobs.detach(), mask, estimator)
+    return aggregate_loss(per_token, mask, aggregation, norm_length)
