@@ -304,3 +304,30 @@ def test_a_broken_reward_model_folder_is_named(finished_run, tmp_path, damage):
         expected = f"{broken}: no such reward model folder"
     with pytest.raises(UserError, match=expected.replace(".", r"\.")):
         stages.stage_ppo(run, cfg, "ppo_broken_rm", run / "sft", broken, tmp_path / "out", 1, 1e-5)
+
+
+def test_checkpoints_of_critic_free_stages_round_trip(tmp_path):
+    """GRPO-style trainers have no value model: the checkpoint stores none and restores none."""
+    import types
+
+    import torch
+
+    from ppolab.errors import UserError
+    from ppolab.pipeline.stages import _load_checkpoint, _save_checkpoint
+
+    def trainer(value: bool):
+        policy = torch.nn.Linear(3, 2)
+        critic = torch.nn.Linear(3, 1) if value else None
+        return types.SimpleNamespace(
+            policy=policy, policy_optimizer=torch.optim.AdamW(policy.parameters()), value=critic,
+            value_optimizer=torch.optim.AdamW(critic.parameters()) if value else None,
+            kl_controller=types.SimpleNamespace(value=0.1), steps_done=0)
+
+    saved = trainer(value=False)
+    saved.kl_controller.value = 0.07
+    _save_checkpoint(tmp_path / "c.pt", saved, 5, {"step": 5, "score_mean": 1.0})
+    restored = trainer(value=False)
+    assert _load_checkpoint(tmp_path / "c.pt", restored) == (5, {"step": 5, "score_mean": 1.0})
+    assert torch.equal(restored.policy.weight, saved.policy.weight) and restored.kl_controller.value == 0.07
+    with pytest.raises(UserError, match="without a value model"):
+        _load_checkpoint(tmp_path / "c.pt", trainer(value=True))

@@ -290,9 +290,10 @@ def _ppo_prompts(cfg: dict, tok) -> list[str]:
 
 def _save_checkpoint(path: Path, trainer, step: int, record: dict) -> None:
     """Everything a resumed stage needs, as tensors and plain data only (loadable with weights_only)."""
-    state = {"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict(),
+    critic = trainer.value is not None  # critic-free estimators (GRPO, RLOO, ...) train no value model
+    state = {"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict() if critic else None,
              "policy_optimizer": trainer.policy_optimizer.state_dict(),
-             "value_optimizer": trainer.value_optimizer.state_dict(),
+             "value_optimizer": trainer.value_optimizer.state_dict() if critic else None,
              "kl_controller": dict(trainer.kl_controller.__dict__), "step": step,
              "rng": torch.get_rng_state(), "record": record}
     with atomic_open(path, "wb", encoding=None) as f:
@@ -316,9 +317,13 @@ def _load_checkpoint(path: Path, trainer) -> tuple[int, dict | None]:
         raise UserError(f"{path}: not a loadable ppolab checkpoint: unreadable ({type(e).__name__}); "
                         "delete it to restart the stage") from None
     trainer.policy.load_state_dict(state["policy"])
-    trainer.value.load_state_dict(state["value"])
     trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
-    trainer.value_optimizer.load_state_dict(state["value_optimizer"])
+    if (trainer.value is None) != (state["value"] is None):
+        raise UserError(f"{path}: saved {'with' if state['value'] is not None else 'without'} a value model, "
+                        "but this stage's estimator differs; delete it to restart the stage")
+    if trainer.value is not None:
+        trainer.value.load_state_dict(state["value"])
+        trainer.value_optimizer.load_state_dict(state["value_optimizer"])
     trainer.kl_controller.__dict__.update(state["kl_controller"])
     trainer.steps_done = state["step"]
     torch.set_rng_state(state["rng"])
