@@ -234,13 +234,13 @@ def test_7d_ppo_stage_builds_its_models_from_the_run_model_config(tmp_path, monk
     class Captured(Exception):
         pass
 
-    def capture(config, policy, ref, value, reward, tokenizer, generation=None):
+    def capture(config, policy, ref, value, reward, tokenizer, generation=None, **kwargs):
         built.update(policy=policy, value=value, reward=reward)
         raise Captured
 
     monkeypatch.setattr(ppolab.ppo, "PPOTrainer", capture)
     with pytest.raises(Captured):
-        stages.stage_ppo(None, cfg, "ppo", tmp_path / "policy", tmp_path / "rm", tmp_path / "out", steps=1, lr=1e-5)
+        stages.stage_ppo(tmp_path, cfg, "ppo", tmp_path / "policy", tmp_path / "rm", tmp_path / "out", steps=1, lr=1e-5)
     assert {p.dtype for p in built["policy"].parameters()} == {torch.bfloat16}
     assert {p.dtype for p in built["reward"].backbone.parameters()} == {torch.bfloat16}
     value = built["value"]

@@ -25,6 +25,9 @@ CPU_TEST = {
                      "reference_pairs": False},
     "ppo": {"steps": 40, "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "lr": 5e-5,
             "kl_coef": 0.1, "vf_coef": 0.1, "whiten_advantages": True, "max_new_tokens": 48,
+            # the research switches of PPOConfig (ppolab.advantage / ppolab.ppo); defaults = PPO + GAE
+            "advantage_estimator": "gae", "group_size": 1, "loss_aggregation": "token-mean", "kl_in": "reward",
+            "kl_loss_coef": 0.001, "clip_eps_high": None, "dual_clip": None,
             "temperature": 1.0,
             "record_rollouts": 4},  # rollouts per step written token by token to RUN/rollouts.jsonl (0 = off)
     "feedback": {"items": 80, "candidates": 6, "shown": 3, "custom_every": 5, "port": 0},

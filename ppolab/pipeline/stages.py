@@ -74,14 +74,15 @@ def _evaluate(model, tok, cfg) -> dict:
 
 def flores_file() -> Path | None:
     """FLORES-200 devtest (EN/FR/AR), read where this workplace keeps it: `$PPOLAB_FLORES`, else
-    `shared/data/flores200/` beside the repository. Never shipped with ppolab; None when absent."""
+    `shared/data/flores200/` beside the repository or beside any folder above it (a worktree or a
+    clone nested deeper). Never shipped with ppolab; None when absent."""
     import os
 
     env = os.environ.get("PPOLAB_FLORES")
-    candidates = [Path(env)] if env else []
+    rel = Path("shared") / "data" / "flores200" / "devtest.eng-fra-arb.tsv"
     repo = Path(__file__).resolve().parents[2]
-    candidates += [repo.parent / "shared" / "data" / "flores200" / "devtest.eng-fra-arb.tsv",
-                   Path.cwd().parent / "shared" / "data" / "flores200" / "devtest.eng-fra-arb.tsv"]
+    candidates = [Path(env)] if env else []
+    candidates += [folder / rel for folder in (*repo.parents, *Path.cwd().resolve().parents)]
     return next((c for c in candidates if c.is_file()), None)
 
 
@@ -354,8 +355,9 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     ref = Reference(policy)
     reward = _load_reward(reward_dir, mcfg).eval()
     reward.tokenizer = tok  # saved from the same tokenizer
-    value = build_value_model(policy, reward, mcfg.value_init, mcfg.value_head_hidden)
     pcfg = PPOConfig(**{k: v for k, v in p.items() if k in _fields(PPOConfig)} | {"lr": lr, "seed": cfg["seed"]})
+    # Critic-free estimators (GRPO, RLOO, REINFORCE++) run with no value model at all.
+    value = None if pcfg.critic_free else build_value_model(policy, reward, mcfg.value_init, mcfg.value_head_hidden)
     from ..data import stops_at_newline
 
     gcfg = GenerationConfig(max_new_tokens=p["max_new_tokens"], temperature=p["temperature"],
@@ -378,7 +380,8 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
 
     t0 = time.time()
     for step in tqdm(range(start, steps), desc=stage, initial=start, total=steps):
-        batch = random.Random(cfg["seed"] * 100_003 + step).sample(prompts, pcfg.batch_size)
+        # group_size samples of each prompt: batch_size / group_size distinct prompts per step
+        batch = random.Random(cfg["seed"] * 100_003 + step).sample(prompts, pcfg.batch_size // pcfg.group_size)
         stats = trainer.ppo_step(batch)
         record = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         record["timings"] = stats["timings"]
