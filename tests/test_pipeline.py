@@ -331,3 +331,24 @@ def test_checkpoints_of_critic_free_stages_round_trip(tmp_path):
     assert torch.equal(restored.policy.weight, saved.policy.weight) and restored.kl_controller.value == 0.07
     with pytest.raises(UserError, match="without a value model"):
         _load_checkpoint(tmp_path / "c.pt", trainer(value=True))
+
+
+def test_a_critic_free_stage_resumes_after_a_kill(finished_run, monkeypatch):
+    from ppolab.pipeline import stages
+
+    run, cfg, _ = finished_run
+    cfg = merge(cfg, {"ppo": {"steps": 3, "advantage_estimator": "grpo", "group_size": 2}})
+    real_log, killed = Run.log, []
+
+    def die_at_step_2(self, stage, record):
+        if stage == "ppo_grpo" and record.get("step") == 2 and not killed:
+            killed.append(True)
+            raise KeyboardInterrupt("killed")
+        real_log(self, stage, record)
+
+    monkeypatch.setattr(Run, "log", die_at_step_2)
+    args = (run, cfg, "ppo_grpo", run / "sft", run / "reward_model_coldstart", run / "ppo_grpo_out", 3, 1e-5)
+    with pytest.raises(KeyboardInterrupt):
+        stages.stage_ppo(*args)
+    assert stages.stage_ppo(*args)["steps"] == 3
+    assert [r["step"] for r in run.step_rows("ppo_grpo")] == [1, 2, 3]
