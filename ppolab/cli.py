@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -11,28 +12,47 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # ppolab never downloads weights or data
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from .errors import UserError  # noqa: E402 (no imports of its own)
+from .io import read_utf8  # noqa: E402 (stdlib only)
+
 STAGE_COMMANDS = {"sft": "sft", "synth": "synth", "train-rm": "reward_model", "ppo": "ppo_coldstart"}
 
 
+def _config_file(path: Path) -> dict:
+    text = read_utf8(path, "config file")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected an object of settings such as {{\"ppo\": {{\"steps\": 10}}}}, "
+                        f"got a {type(data).__name__}")
+    return data
+
+
 def _settings(args) -> dict:
+    from .config import ConfigError
     from .pipeline.presets import get_preset, merge, parse_override
+    from .pipeline.validate import validate_settings
 
     cfg = get_preset(args.preset)
     if getattr(args, "config", None):
         path = Path(args.config)
-        if not path.exists():
-            raise SystemExit(f"error: config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        cfg = merge(cfg, data)
+        try:
+            cfg = merge(cfg, _config_file(path))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     for item in getattr(args, "set", None) or []:
         cfg = merge(cfg, parse_override(item))
-    return cfg
+    return validate_settings(cfg)
 
 
 def _add_settings(p: argparse.ArgumentParser, run_required: bool = True) -> None:
@@ -103,17 +123,22 @@ def cmd_translate(args) -> int:
 
     from .data import build_prompt
     from .models import RewardModel
+    from .model_files import check_model_folder, check_reward_folder
     from .pipeline.stages import as_response
     from .sft import load_sft
     from .sft.translate import translate
 
+    texts = [args.text] if args.text else [ln.strip() for ln in read_utf8(Path(args.file), "--file").splitlines()]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise UserError(f"{args.file or 'TEXT'}: nothing to translate (give TEXT or --file F with one sentence a line)")
+    check_model_folder(args.model)
+    if args.reward_model:
+        check_reward_folder(args.reward_model)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model, tok = load_sft(args.model)
     model.eval()
     reward = RewardModel.load(args.reward_model).eval() if args.reward_model else None
-    texts = [args.text] if args.text else [ln.strip() for ln in open(args.file, encoding="utf-8") if ln.strip()]
-    if not texts:
-        raise SystemExit("error: nothing to translate (give TEXT or --file F)")
     for text in texts:
         t0 = time.perf_counter()
         cands = translate(model, tok, [text], args.src, "arb", do_sample=args.n > 1, num_return_sequences=args.n,
@@ -124,8 +149,8 @@ def cmd_translate(args) -> int:
             prompt = build_prompt(text, args.src, "arb", tok)
             scores = reward.score([prompt] * len(cands), [as_response(c) for c in cands]).tolist()
         else:
-            scores = [float("nan")] * len(cands)
-        ranked = sorted(zip(cands, scores), key=lambda cs: -cs[1] if cs[1] == cs[1] else 0)[: args.top]
+            scores = [None] * len(cands)  # no reward model, no score: JSON null (NaN is not JSON)
+        ranked = sorted(zip(cands, scores), key=lambda cs: -cs[1] if cs[1] is not None else 0)[: args.top]
         latency = time.perf_counter() - t0
         print(json.dumps({"source": text, "candidates": [{"text": c, "score": s} for c, s in ranked],
                           "n": args.n, "seconds": round(latency, 3)}, ensure_ascii=False))
@@ -135,18 +160,20 @@ def cmd_translate(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
+    from .config import ModelConfig
     from .data import load_parallel
+    from .model_files import check_model_folder
     from .sft import load_sft
     from .sft.translate import evaluate_translation
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    from .config import ModelConfig
-
-    model, tok = load_sft(args.model, ModelConfig(vocab_trim=args.vocab_trim))
-    model.eval()
+    # The cheap checks first: a bad folder or corpus fails before the model loads.
+    check_model_folder(args.model)
     examples = list(load_parallel(args.corpus, src=args.src, tgt=args.tgt))
     if args.limit:
         examples = examples[: args.limit]
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    model, tok = load_sft(args.model, ModelConfig(vocab_trim=args.vocab_trim))
+    model.eval()
     ev = evaluate_translation(model, tok, examples, max_new_tokens=args.max_new_tokens)
     print(json.dumps({"corpus": args.corpus, "direction": f"{args.src}->{args.tgt}", "n": ev["n"],
                       "chrf": ev["chrf"], "chrf_pp": ev["chrf_pp"], "bleu": ev["bleu"]}))
@@ -157,6 +184,9 @@ def cmd_feedback(args) -> int:
     from .feedback import FeedbackStore
 
     run = Path(args.run)
+    if not run.is_dir():
+        # FeedbackStore would create the folder and an empty store: a typo must not look like "no items".
+        raise UserError(f"{run}: no such run directory" if not run.exists() else f"{run}: not a directory")
     store_path = run / "feedback.sqlite"
     if args.action == "export":
         path = FeedbackStore(store_path).export_jsonl(run)
@@ -164,7 +194,12 @@ def cmd_feedback(args) -> int:
     elif args.action == "serve":
         from .feedback import serve
 
-        serve(FeedbackStore(store_path), host=args.host, port=args.port)
+        store = FeedbackStore(store_path)
+        try:
+            serve(store, host=args.host, port=args.port, allowed_hosts=args.allow_host or ())
+        except OSError as e:
+            reason = "port already in use; pick another with --port" if e.errno == errno.EADDRINUSE else e.strerror
+            raise UserError(f"cannot listen on {args.host} port {args.port}: {reason}") from None
     elif args.action == "cli":
         from .feedback import run_terminal
 
@@ -197,9 +232,28 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command takes --debug: user errors then show their traceback too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show the Python traceback of any error")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ppolab", description="PPO for RLHF of language models: EN/FR -> AR showcase.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="ppolab", description="PPO for RLHF of language models: EN/FR -> AR showcase.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo", help="the whole loop on the embedded default (tiny models, shipped corpus, CPU)")
     _add_settings(p, run_required=False)
@@ -227,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("translate", help="N candidates ranked by the reward model")
     p.add_argument("--model", required=True)
     p.add_argument("--reward-model")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--n", type=_at_least_one, default=8)
+    p.add_argument("--top", type=_at_least_one, default=3)
     p.add_argument("--src", default="eng", choices=["eng", "fra"])
     p.add_argument("--max-new-tokens", type=int, default=48)
     g = p.add_mutually_exclusive_group(required=True)
@@ -255,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "serve":
             q.add_argument("--host", default="127.0.0.1")
             q.add_argument("--port", type=int, default=8000)
+            q.add_argument("--allow-host", action="append", metavar="NAME",
+                           help="another name browsers use for this server (the Host header), e.g. the "
+                                "machine's name with --host 0.0.0.0; others get 421 (DNS rebinding)")
         if action == "cli":
             q.add_argument("--annotator")
         if action == "import":
@@ -271,6 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is the whole story: bad input, not a bug in ppolab."""
+    from .config import ConfigError
+    from .data.loaders import CorpusError
+    from .feedback.store import FeedbackError
+
+    return UserError, ConfigError, CorpusError, FeedbackError, FileNotFoundError, NotADirectoryError, IsADirectoryError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except Exception as e:
+        if getattr(args, "debug", False) or not isinstance(e, _user_errors()):
+            raise  # a bug: the traceback is what a report needs
+        print(f"error: {e}", file=sys.stderr)
+        return 1

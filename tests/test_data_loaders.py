@@ -517,3 +517,21 @@ def test_build_prompt_errors():
         build_prompt(EN1, "arb", "eng")
     with pytest.raises(ValueError, match="non-empty"):
         build_prompt("  ", "eng", "arb")
+
+
+# -------------------------------------------------------------------- duplicate ids
+def test_a_duplicate_id_and_direction_names_both_lines(tmp_path):
+    path = tmp_path / "c.tsv"
+    path.write_text("id\teng\tfra\tarb\nx1\tHi.\tSalut.\tمرحبا.\nx2\tYes.\tOui.\tنعم.\nx1\tNo.\tNon.\tلا.\n",
+                    encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"c\.tsv:4: duplicate id 'x1' for eng->arb: line 2 has it too") as e:
+        load_parallel(path)
+    assert e.value.line == 4 and e.value.field == "id"
+    result = load_parallel(path, skip_bad=True)
+    assert [ex.id for ex in result] == ["x1", "x1", "x2", "x2"] and [r.line for r in result.skipped] == [4]
+
+
+def test_one_id_in_two_directions_is_no_duplicate(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": 7, "eng": "Hi.", "fra": "Salut.", "arb": "مرحبا."}\n', encoding="utf-8")
+    assert sorted(ex.direction for ex in load_parallel(path)) == ["eng->arb", "fra->arb"]

@@ -524,3 +524,143 @@ def test_terminal_quit_and_eof(store):
     assert run_terminal(store, "omar", input=scripted(["1 2 3"]), output=lines.append) == 0
     assert lines[-1] == "Stopped."  # EOF while asked for the translation: nothing half-saved
     assert store.stats()["feedback"] == 0
+
+
+# -- hardening: Host header, edges of the input, stalled clients, IPv6, busy port ----------------
+def raw_request(srv, method, path, headers, body=b"", connect_to=None):
+    """(status, JSON) for a request with exactly these headers (http.client adds no Host)."""
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(connect_to or host, port, timeout=10)
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.endheaders(body or None)
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read())
+    conn.close()
+    return out
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example",
+                                  "localhost.evil.example:{port}", "[::2]:{port}"])
+def test_dns_rebinding_hosts_are_refused(server, store, host):
+    store.add_items(make_items(1))
+    before = store.stats()
+    port = server.server_address[1]
+    host = host.format(port=port)
+    status, body = raw_request(server, "GET", "/api/next?annotator=eve", {"Host": host})
+    assert status == 421 and "does not answer for host" in body["error"] and "item_id" not in body
+    data = json.dumps({**GOOD, "annotator": "eve"}).encode()
+    status, _ = raw_request(server, "POST", "/api/submit", {"Host": host, "Content-Type": "application/json",
+                                                          "Content-Length": str(len(data))}, data)
+    assert status == 421 and store.stats() == before
+
+
+def test_a_request_without_host_is_refused(server):
+    assert raw_request(server, "GET", "/api/stats", {})[0] == 400
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST", "[::1]:{port}", "127.0.0.1"])
+def test_the_names_it_serves_are_accepted(server, host):
+    status, body = raw_request(server, "GET", "/api/stats", {"Host": host.format(port=server.server_address[1])})
+    assert status == 200 and "items" in body
+
+
+def test_the_host_it_was_started_on_and_allowed_hosts_are_accepted(store):
+    srv = make_server(store, host="0.0.0.0", allowed_hosts=["annotate.lab"])
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        for host in ("0.0.0.0", "annotate.lab:8000", "localhost", "192.0.2.7"):  # an IP literal: no rebinding
+            assert raw_request(srv, "GET", "/api/stats", {"Host": host}, connect_to="127.0.0.1")[0] == 200
+        assert raw_request(srv, "GET", "/api/stats", {"Host": "other.lab"}, connect_to="127.0.0.1")[0] == 421
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"body": {**GOOD, "item_id": 2 ** 64}}, "out of range"),
+    ({"body": {**GOOD, "item_id": -(2 ** 70)}}, "out of range"),
+    ({"raw": b'{"item_id": 1, "annotator": "\\ud800", "ranking": [0, 1, 2], "submission_id": "s"}'},
+     "not valid UTF-8 JSON"),
+    ({"raw": b'{"item_id": 1, "annotator": "a", "ranking": [0, 1, 2], "submission_id": "s",'
+             b' "custom_translation": "x\\udc00y"}'}, "not valid UTF-8 JSON"),
+    ({"body": {**GOOD, "annotator": "ami\u0000na"}}, "control characters"),
+    ({"body": {**GOOD, "custom_translation": "مرحبا\u0000"}}, "NUL"),
+    ({"body": {**GOOD, "submission_id": "s\u0000"}}, "NUL"),
+])
+def test_edge_inputs_get_400_not_500(server, store, kwargs, message):
+    store.add_items(make_items(1))
+    before = store.stats()
+    status, body = call(server, "POST", "/api/submit", **kwargs)
+    assert status == 400 and message in body["error"]
+    assert store.stats() == before
+
+
+def test_a_huge_skip_id_gets_400(server, store):
+    store.add_items(make_items(1))
+    status, body = call(server, "GET", f"/api/next?annotator=a&skip={2 ** 64}")
+    assert status == 400 and "skip" in body["error"]
+
+
+def test_the_store_refuses_what_sqlite_cannot_hold(store):
+    (item,) = store.add_items(make_items(1))
+    with pytest.raises(FeedbackError, match="out of range"):
+        store.submit(2 ** 63, "amina", [0, 1, 2])
+    with pytest.raises(FeedbackError, match="control characters"):
+        store.submit(item, "a\x00b", [0, 1, 2])
+    with pytest.raises(FeedbackError, match="lone surrogate"):
+        store.submit(item, "amina", [0, 1, 2], custom_translation="\ud800")
+    with pytest.raises(FeedbackError, match="out of range"):
+        store.get_item(-(2 ** 64))
+
+
+def test_a_stalled_client_is_disconnected(store):
+    import socket
+    import time
+
+    srv = make_server(store, client_timeout=0.5)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        silent = socket.create_connection(srv.server_address[:2], timeout=10)  # says nothing at all
+        half = socket.create_connection(srv.server_address[:2], timeout=10)  # promises a body, sends 1 byte
+        half.sendall(b"POST /api/submit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{")
+        t0 = time.monotonic()
+        assert silent.recv(100) == b""  # closed by the server, not by our 10 s timeout
+        assert half.recv(100).startswith(b"HTTP/1.0 408")
+        assert time.monotonic() - t0 < 5
+        silent.close()
+        half.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_ipv6_loopback_serves(store):
+    store.add_items(make_items(1))
+    srv = make_server(store, host="::1")
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        assert srv.url.startswith("http://[::1]:")
+        assert call(srv, "GET", "/api/next?annotator=amina")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_busy_port_is_one_clear_error(tmp_path, capsys):
+    import socket
+
+    from ppolab.cli import main
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        assert main(["feedback", "serve", "--run", str(tmp_path), "--port", str(port)]) == 1
+    finally:
+        busy.close()
+    err = capsys.readouterr().err
+    assert err == f"error: cannot listen on 127.0.0.1 port {port}: port already in use; pick another with --port\n"

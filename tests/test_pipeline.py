@@ -9,7 +9,8 @@ from ppolab.pipeline.presets import merge, parse_override
 MICRO = {
     "tokenizer": {"vocab_size": 400},
     "model": {"n_layers": 1, "hidden_size": 32, "n_heads": 2, "n_kv_heads": 1, "intermediate_size": 64},
-    "sft": {"epochs": 1, "batch_size": 32, "eval_limit": 4},
+    # max_length: the longest train row is ~175 tokens of a 400-token BPE
+    "sft": {"epochs": 1, "batch_size": 32, "eval_limit": 4, "max_length": 192},
     "synth": {"n_sources": 8, "candidates_per_source": 3, "min_gap": 0.001, "max_new_tokens": 8, "batch_size": 8},
     "reward_model": {"epochs": 1, "batch_size": 8, "normalize_samples": 4, "val_fraction": 0.3},
     "ppo": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "max_new_tokens": 8},
@@ -173,3 +174,181 @@ def test_each_stage_starts_from_its_own_seed(tmp_path, monkeypatch):
     draws = {name: s["draw"] for name, s in fresh.stages.items()}
     assert draws == {name: s["draw"] for name, s in resumed.stages.items()}
     assert len({tuple(d) for d in draws.values()}) == len(draws)  # and the stages differ from each other
+
+
+# -- reliability: resume, unsafe checkpoints, stale temporaries --------------------------------------
+PPO_FIGURES = ("reward_start", "reward_end", "kl_per_token_end", "kl_per_sequence_end", "chrf_test", "bleu_test")
+
+
+@pytest.mark.parametrize("when", ["after_the_row", "before_the_row"])
+def test_a_kill_between_metrics_row_and_checkpoint_changes_no_figure(finished_run, monkeypatch, when):
+    """Killed around a step's two writes (its metrics row, its checkpoint), a resumed stage reports
+    exactly what an uninterrupted one does, and the reader sees each step once."""
+    from ppolab.pipeline import stages
+
+    run, cfg, _ = finished_run
+    cfg = merge(cfg, {"ppo": {"steps": 3}})
+    args = (run / "sft", run / "reward_model_coldstart")
+    clean = stages.stage_ppo(run, cfg, "ppo_clean", *args, run / "ppo_clean_out", 3, 1e-5)
+
+    real_log, killed = Run.log, []
+
+    def log_then_die(self, stage, record):
+        if stage == f"ppo_kill_{when}" and record.get("step") == 2 and not killed:
+            killed.append(True)
+            if when == "after_the_row":
+                real_log(self, stage, record)
+            raise KeyboardInterrupt("killed")
+        real_log(self, stage, record)
+
+    monkeypatch.setattr(Run, "log", log_then_die)
+    stage = f"ppo_kill_{when}"
+    with pytest.raises(KeyboardInterrupt):
+        stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", 3, 1e-5)
+    resumed = stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", 3, 1e-5)
+    assert {k: resumed[k] for k in PPO_FIGURES} == {k: clean[k] for k in PPO_FIGURES}
+    assert [r["step"] for r in run.step_rows(stage)] == [1, 2, 3]
+    assert [r["score_mean"] for r in run.step_rows(stage)] == [r["score_mean"] for r in run.step_rows("ppo_clean")]
+
+
+def test_step_rows_keep_each_step_once_from_the_latest_attempt(tmp_path):
+    run = Run(tmp_path, {"seed": 0})
+    for step, v in ((1, "a"), (2, "a"), (2, "b"), (3, "b"), (1, "c"), (2, "c")):  # dup step 2, restart at 1
+        run.log("ppo", {"step": step, "v": v})
+    run.log("ppo", {"event": "done"})
+    assert [(r["step"], r["v"]) for r in run.step_rows("ppo")] == [(1, "c"), (2, "c")]
+
+
+def test_a_torn_metrics_line_does_not_swallow_the_next_row(tmp_path):
+    run = Run(tmp_path, {"seed": 0})
+    run.log("ppo", {"step": 1})
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"stage": "ppo", "step": 2, "sco')  # killed mid-append
+    run.log("ppo", {"step": 2})
+    assert [r["step"] for r in run.step_rows("ppo")] == [1, 2]
+
+
+class _RunsCode:
+    """Unpickling this calls print: any callable would do, os.system included."""
+
+    def __reduce__(self):
+        return (print, ("PWNED: code ran while loading a checkpoint",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(finished_run, capsys):
+    import torch
+
+    from ppolab.errors import UserError
+    from ppolab.pipeline import stages
+
+    run, cfg, _ = finished_run
+    ckpt = run / ".ppo_evil.checkpoint.pt"
+    torch.save({"step": 1, "payload": _RunsCode()}, ckpt)
+    with pytest.raises(UserError, match=r"\.ppo_evil\.checkpoint\.pt: not a loadable ppolab checkpoint"):
+        stages.stage_ppo(run, cfg, "ppo_evil", run / "sft", run / "reward_model_coldstart", run / "evil_out", 2, 1e-5)
+    assert "PWNED" not in capsys.readouterr().out
+
+
+def test_stale_temporaries_are_removed_when_a_stage_starts(tmp_path, monkeypatch):
+    import ppolab.pipeline.stages as stages
+
+    monkeypatch.setattr(stages, "stage_sft", lambda *a, **k: {})
+    run = Run(tmp_path / "run", {"seed": 0})
+    orphan = run / "..ppo_coldstart.checkpoint.pt.k2j4x9.tmp"
+    orphan.write_bytes(b"\0" * 1000)
+    orphan_dir = run / ".sft.abc123.tmp"
+    (orphan_dir / "nested").mkdir(parents=True)
+    (run / "plots").mkdir()
+    nested = run / "plots" / ".chrf.png.q1w2e3.tmp"
+    nested.write_bytes(b"x")
+    (run / ".venv" / "lib").mkdir(parents=True)  # hidden folders (a run inside a checkout) are not walked
+    keep = [run / ".ppo_coldstart.checkpoint.pt", run / "notes.tmp", run / "run.json",
+            run / ".venv" / "lib" / ".cache.x1.tmp"]
+    for p in keep:
+        p.write_text("mine")
+    run_pipeline(run, merge(get_preset("fast"), MICRO), only=["sft"])
+    assert not orphan.exists() and not orphan_dir.exists() and not nested.exists()
+    assert all(p.exists() for p in keep)
+
+
+def test_an_interrupted_directory_swap_is_undone(tmp_path):
+    from ppolab.io import remove_stale_temporaries
+
+    (tmp_path / ".sft.old").mkdir()
+    (tmp_path / ".sft.old" / "model.safetensors").write_text("weights")
+    (tmp_path / ".sft.zz9.tmp").mkdir()  # killed between atomic_dir's two renames
+    remove_stale_temporaries(tmp_path)
+    assert (tmp_path / "sft" / "model.safetensors").read_text() == "weights"
+    assert not (tmp_path / ".sft.zz9.tmp").exists() and not (tmp_path / ".sft.old").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate_backbone", "drop_head", "no_folder"])
+def test_a_broken_reward_model_folder_is_named(finished_run, tmp_path, damage):
+    import shutil
+
+    from ppolab.errors import UserError
+    from ppolab.pipeline import stages
+
+    run, cfg, _ = finished_run
+    broken = tmp_path / "rm"
+    shutil.copytree(run / "reward_model_coldstart", broken)
+    if damage == "truncate_backbone":
+        weights = broken / "backbone" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        expected = f"{weights}: truncated"
+    elif damage == "drop_head":
+        (broken / "head.safetensors").unlink()
+        expected = f"{broken / 'head.safetensors'}: missing"
+    else:
+        shutil.rmtree(broken)
+        expected = f"{broken}: no such reward model folder"
+    with pytest.raises(UserError, match=expected.replace(".", r"\.")):
+        stages.stage_ppo(run, cfg, "ppo_broken_rm", run / "sft", broken, tmp_path / "out", 1, 1e-5)
+
+
+def test_checkpoints_of_critic_free_stages_round_trip(tmp_path):
+    """GRPO-style trainers have no value model: the checkpoint stores none and restores none."""
+    import types
+
+    import torch
+
+    from ppolab.errors import UserError
+    from ppolab.pipeline.stages import _load_checkpoint, _save_checkpoint
+
+    def trainer(value: bool):
+        policy = torch.nn.Linear(3, 2)
+        critic = torch.nn.Linear(3, 1) if value else None
+        return types.SimpleNamespace(
+            policy=policy, policy_optimizer=torch.optim.AdamW(policy.parameters()), value=critic,
+            value_optimizer=torch.optim.AdamW(critic.parameters()) if value else None,
+            kl_controller=types.SimpleNamespace(value=0.1), steps_done=0)
+
+    saved = trainer(value=False)
+    saved.kl_controller.value = 0.07
+    _save_checkpoint(tmp_path / "c.pt", saved, 5, {"step": 5, "score_mean": 1.0})
+    restored = trainer(value=False)
+    assert _load_checkpoint(tmp_path / "c.pt", restored) == (5, {"step": 5, "score_mean": 1.0})
+    assert torch.equal(restored.policy.weight, saved.policy.weight) and restored.kl_controller.value == 0.07
+    with pytest.raises(UserError, match="without a value model"):
+        _load_checkpoint(tmp_path / "c.pt", trainer(value=True))
+
+
+def test_a_critic_free_stage_resumes_after_a_kill(finished_run, monkeypatch):
+    from ppolab.pipeline import stages
+
+    run, cfg, _ = finished_run
+    cfg = merge(cfg, {"ppo": {"steps": 3, "advantage_estimator": "grpo", "group_size": 2}})
+    real_log, killed = Run.log, []
+
+    def die_at_step_2(self, stage, record):
+        if stage == "ppo_grpo" and record.get("step") == 2 and not killed:
+            killed.append(True)
+            raise KeyboardInterrupt("killed")
+        real_log(self, stage, record)
+
+    monkeypatch.setattr(Run, "log", die_at_step_2)
+    args = (run, cfg, "ppo_grpo", run / "sft", run / "reward_model_coldstart", run / "ppo_grpo_out", 3, 1e-5)
+    with pytest.raises(KeyboardInterrupt):
+        stages.stage_ppo(*args)
+    assert stages.stage_ppo(*args)["steps"] == 3
+    assert [r["step"] for r in run.step_rows("ppo_grpo")] == [1, 2, 3]

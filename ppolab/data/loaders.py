@@ -612,9 +612,17 @@ def _language_from_filename(path: Path, tgt: str) -> str:
 
 def _build_examples(table: _Table, plan: _Plan, path: Path, skip_bad: bool) -> LoadResult:
     result = LoadResult(path=path)
+    first_line: dict[tuple[str, str], int] = {}  # (id, direction) -> where it was first seen
     for record in table.records:
         try:
-            result.extend(_examples_from_record(record, plan, path, table.unit))
+            examples = _examples_from_record(record, plan, path, table.unit)
+            for ex in examples:
+                seen = first_line.get((ex.id, ex.direction))
+                if seen is not None:
+                    raise CorpusError(path, record.number, f"duplicate id {ex.id!r} for {ex.direction}: "
+                                      f"{table.unit} {seen} has it too", field=plan.id_col, unit=table.unit)
+            first_line.update({(ex.id, ex.direction): record.number for ex in examples})
+            result.extend(examples)
         except CorpusError as err:
             if not skip_bad:
                 raise

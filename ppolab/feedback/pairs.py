@@ -121,11 +121,12 @@ def pairs_from_ratings(records: Iterable[dict[str, Any]], min_difference: float 
 
 def load_ratings(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a rating file (a JSON list of records) for ``pairs_from_ratings``."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise FeedbackError(f"{path}: not valid JSON ({e})") from None
+    from ppolab.io import read_utf8
+
+    try:
+        data = json.loads(read_utf8(path, "rating file"))
+    except json.JSONDecodeError as e:
+        raise FeedbackError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, list):
         raise FeedbackError(f"{path}: a rating file must hold a JSON list of records")
     return data

@@ -10,7 +10,12 @@ Routes:
 
 Every error is a 4xx/5xx JSON ``{"error": message}`` and changes nothing.
 The server binds to 127.0.0.1 by default: it has no authentication, so it
-should only be exposed to a network you trust.
+should only be exposed to a network you trust. It answers only requests whose
+``Host`` header names it (127.0.0.1, localhost, [::1], the host it was started
+on, and any ``allowed_hosts``; see ``ppolab.localhttp.host_allowed``): a page
+on another site whose name resolves to 127.0.0.1 (DNS rebinding) gets 421 and
+reads nothing. A client that stalls for
+``client_timeout`` seconds is disconnected, so it cannot hold a thread forever.
 
 Items normally come pre-filled by the pipeline. Optionally, with a
 ``candidate_source`` and a list of ``sources``, the server generates a new
@@ -19,8 +24,8 @@ item (one model call) whenever an annotator has nothing left to do.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import json
+import socket
 import sys
 import threading
 import traceback
@@ -30,11 +35,13 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import parse_qs, urlsplit
 
-from ppolab.feedback.store import CandidateSource, FeedbackError, FeedbackItem, FeedbackStore
+from ppolab.feedback.store import CandidateSource, FeedbackError, FeedbackItem, FeedbackStore, check_item_id
+from ppolab.localhttp import host_allowed, send, serve_until_interrupt, split_host_header
 
 __all__ = ["FeedbackServer", "make_server", "serve", "MAX_BODY_BYTES"]
 
 MAX_BODY_BYTES = 64 * 1024  # a submission is a few hundred bytes; this is generous
+CLIENT_TIMEOUT_S = 30.0  # a request line, headers or body not sent within this: the connection is closed
 _DRAIN_LIMIT = 1024 * 1024  # read (and drop) an oversized body up to this, so the client sees our 413
 PAGE_PATH = Path(__file__).with_name("page.html")
 
@@ -79,7 +86,14 @@ class FeedbackServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], store: FeedbackStore,
                  candidate_source: CandidateSource | None = None, model_version: str = "",
-                 sources: Iterable[Any] = (), quiet: bool = True) -> None:
+                 sources: Iterable[Any] = (), quiet: bool = True, *,
+                 allowed_hosts: Iterable[str] = (), client_timeout: float = CLIENT_TIMEOUT_S) -> None:
+        host = address[0].strip("[]")
+        address = (host, *address[1:])
+        if ":" in host:
+            self.address_family = socket.AF_INET6  # e.g. --host ::1
+        self.allowed_hosts = {split_host_header(h).lower().rstrip(".") for h in allowed_hosts}  # beyond loopback
+        self.client_timeout = client_timeout
         self.store = store
         self.candidate_source = candidate_source
         self.model_version = model_version
@@ -140,20 +154,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------
 
+    def setup(self) -> None:
+        # StreamRequestHandler applies `timeout` to the socket: a stalled read raises instead of
+        # blocking this thread forever.
+        self.timeout = self.server.client_timeout
+        super().setup()
+
+    def _check_host(self) -> None:
+        host = self.headers.get("Host")
+        if host is None:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "a Host header is required")
+        name = split_host_header(host).lower().rstrip(".")
+        if not host_allowed(host, str(self.server.server_address[0])) and name not in self.server.allowed_hosts:
+            # DNS rebinding: another site's name now resolving to this address. Answer nothing.
+            names = ", ".join(["127.0.0.1", "localhost", "[::1]", *sorted(self.server.allowed_hosts)])
+            raise _HttpError(HTTPStatus.MISDIRECTED_REQUEST,
+                             f"this server does not answer for host {host!r}; use one of {names}")
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
         self.server.log(f"{self.address_string()} {format % args}")
 
     def _send(self, status: int, body: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        send(self, status, body, content_type, headers)  # no-store, nosniff, no-referrer
 
     def _json(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
@@ -161,6 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, routes: dict[str, Any]) -> None:
         try:
+            self._check_host()
             url = urlsplit(self.path)
             route = routes.get(url.path)
             if route is None:
@@ -211,13 +235,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.read(length)
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                              f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}")
-        raw = self.rfile.read(length)
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise _HttpError(HTTPStatus.REQUEST_TIMEOUT,
+                             f"request body not received within {self.server.client_timeout:g} s") from None
         if len(raw) != length:
             raise _HttpError(HTTPStatus.BAD_REQUEST, "request body shorter than Content-Length")
         try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            body = json.loads(raw.decode("utf-8"))
+            # JSON may spell lone surrogates (\ud800), which are not text: refuse them here, not
+            # as a 500 when SQLite or the response encoder meets them.
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError, json.JSONDecodeError) as e:
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"body is not valid UTF-8 JSON: {e}") from None
+        except RecursionError:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "body is nested too deeply") from None
+        return body
 
     # -- routes --------------------------------------------------------------
 
@@ -235,8 +270,8 @@ class _Handler(BaseHTTPRequestHandler):
         for part in ",".join(query.get("skip", [])).split(","):
             if part.strip():
                 try:
-                    skip.append(int(part))
-                except ValueError:
+                    skip.append(check_item_id(int(part), "skip"))
+                except (ValueError, FeedbackError):
                     raise _HttpError(HTTPStatus.BAD_REQUEST,
                                      f"skip must be comma-separated item ids, got {part!r}") from None
         item = self.server.next_item(names[0], skip)
@@ -281,42 +316,27 @@ def _as_store(store: FeedbackStore | str | Path) -> FeedbackStore:
 
 def make_server(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port: int = 0,
                 candidate_source: CandidateSource | None = None, model_version: str = "",
-                *, sources: Iterable[Any] = (), quiet: bool = True) -> FeedbackServer:
+                *, sources: Iterable[Any] = (), quiet: bool = True, allowed_hosts: Iterable[str] = (),
+                client_timeout: float = CLIENT_TIMEOUT_S) -> FeedbackServer:
     """Create (not start) the server; ``port=0`` picks a free port (see ``.url``).
 
     Run it with ``server.serve_forever()`` (e.g. in a thread) and stop it with
     ``server.shutdown(); server.server_close()``. ``sources`` are
     ``(text, direction)`` pairs or ``{"source", "direction", "reference"?}``
     dicts turned into items through ``candidate_source`` on demand, stamped
-    with ``model_version``.
+    with ``model_version``. ``allowed_hosts``: more names the ``Host`` header
+    may carry (e.g. this machine's name when listening on 0.0.0.0).
     """
     return FeedbackServer((host, port), _as_store(store), candidate_source=candidate_source,
-                          model_version=model_version, sources=sources, quiet=quiet)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+                          model_version=model_version, sources=sources, quiet=quiet,
+                          allowed_hosts=allowed_hosts, client_timeout=client_timeout)
 
 
 def serve(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port: int = 8000,
           candidate_source: CandidateSource | None = None, model_version: str = "",
-          *, sources: Iterable[Any] = (), quiet: bool = False) -> None:
+          *, sources: Iterable[Any] = (), quiet: bool = False, allowed_hosts: Iterable[str] = ()) -> None:
     """Serve the annotation page until Ctrl-C."""
     server = make_server(store, host, port, candidate_source, model_version,
-                         sources=sources, quiet=quiet)
-    if not _is_loopback(host):
-        print(f"warning: listening on {host}: anyone who can reach this address can read "
-              "items and submit feedback (there is no authentication)", file=sys.stderr)
-    print(f"Annotation server on {server.url} (store: {server.store.path}); Ctrl-C to stop",
-          file=sys.stderr)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+                         sources=sources, quiet=quiet, allowed_hosts=allowed_hosts)
+    serve_until_interrupt(server, f"Annotation server on {server.url} (store: {server.store.path})",
+                          "read items and submit feedback")

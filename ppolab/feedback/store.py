@@ -112,9 +112,20 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_item_id(item_id: Any, what: str = "item_id") -> int:
+    """An int SQLite can hold (64-bit signed); larger ones are bad input, not an OverflowError."""
+    if isinstance(item_id, bool) or not isinstance(item_id, int):
+        raise FeedbackError(f"{what} must be an integer, got {item_id!r}")
+    if not -(2 ** 63) <= item_id < 2 ** 63:
+        raise FeedbackError(f"{what} {item_id} is out of range (64-bit integer)")
+    return item_id
+
+
 def _clean_text(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise FeedbackError(f"{what} must be a string, got {type(value).__name__}")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise FeedbackError(f"{what} contains a lone surrogate (not valid Unicode text)")
     text = value.strip()
     if not text:
         raise FeedbackError(f"{what} must not be empty")
@@ -123,6 +134,8 @@ def _clean_text(value: Any, what: str) -> str:
 
 def _clean_annotator(annotator: Any) -> str:
     name = _clean_text(annotator, "annotator")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise FeedbackError("annotator name must not contain control characters")
     if len(name) > MAX_ANNOTATOR_LEN:
         raise FeedbackError(f"annotator name is longer than {MAX_ANNOTATOR_LEN} characters")
     return name
@@ -135,8 +148,10 @@ def _clean_custom(custom: Any) -> str | None:
         raise FeedbackError(
             f"custom_translation must be a string or null, got {type(custom).__name__}"
         )
+    if "\x00" in custom:  # what an annotator types never holds NUL; it would end the text in C tools
+        raise FeedbackError("custom_translation must not contain NUL characters")
     # Whitespace-only means "no better translation", not an empty preferred text.
-    return custom.strip() or None
+    return _clean_text(custom, "custom_translation") if custom.strip() else None
 
 
 def _clean_candidate(raw: Any, where: str) -> Candidate:
@@ -279,6 +294,7 @@ class FeedbackStore:
                             model_version=row["model_version"], created=row["created"])
 
     def get_item(self, item_id: int) -> FeedbackItem:
+        check_item_id(item_id)
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
         if row is None:
@@ -293,7 +309,7 @@ class FeedbackStore:
         once may get the same item; both judgements are kept. None when done.
         """
         annotator = _clean_annotator(annotator)
-        excluded = json.dumps(sorted({int(i) for i in exclude}))
+        excluded = json.dumps(sorted({check_item_id(i, "excluded item id") for i in exclude}))
         with self._connect() as conn:
             row = conn.execute(
                 """
@@ -323,14 +339,15 @@ class FeedbackStore:
         generated (no idempotency). The feedback row records the item's
         ``model_version``: the model whose candidates were judged.
         """
-        if isinstance(item_id, bool) or not isinstance(item_id, int):
-            raise FeedbackError(f"item_id must be an integer, got {item_id!r}")
+        check_item_id(item_id)
         annotator = _clean_annotator(annotator)
         ranking = _clean_ranking(ranking)
         custom = _clean_custom(custom_translation)
         if submission_id is None:
             submission_id = uuid.uuid4().hex
         submission_id = _clean_text(submission_id, "submission_id")
+        if "\x00" in submission_id:
+            raise FeedbackError("submission_id must not contain NUL characters")
         if len(submission_id) > MAX_SUBMISSION_ID_LEN:
             raise FeedbackError(f"submission_id is longer than {MAX_SUBMISSION_ID_LEN} characters")
 

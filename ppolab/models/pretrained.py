@@ -27,7 +27,7 @@ class GGUFSource:
     size: int
     license: str
     base_model: str
-    prompt_format: str  # how ppolab prompts it (ppolab.data.build_prompt); a base model needs "fewshot"
+    prompt_format: str = "plain"  # how ppolab prompts it (ppolab.data.build_prompt); a base model needs "fewshot"
 
 
 KNOWN = {

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 
+from ..config import ConfigError
+
 # cpu-test: the embedded default. Tiny Llama-style model, tokenizer trained on the shipped corpus,
 # sized so that the whole loop (SFT -> synth -> RM -> PPO -> feedback -> RM -> PPO) fits in
 # about 20 minutes on 2 CPU cores.
@@ -97,7 +99,7 @@ PRESETS = {"cpu-test": CPU_TEST, "fast": FAST, "research": RESEARCH, "production
 
 def get_preset(name: str) -> dict:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
 
 
@@ -107,7 +109,7 @@ def merge(base: dict, override: dict, path: str = "") -> dict:
     for k, v in override.items():
         where = f"{path}.{k}" if path else k
         if k not in out:
-            raise ValueError(f"unknown setting {where!r}")
+            raise ConfigError(f"unknown setting {where!r}")
         out[k] = merge(out[k], v, where) if isinstance(out[k], dict) and isinstance(v, dict) else v
     return out
 
@@ -117,7 +119,7 @@ def parse_override(text: str) -> dict:
     import json
 
     if "=" not in text:
-        raise ValueError(f"override {text!r}: expected KEY=VALUE, e.g. ppo.steps=10")
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. ppo.steps=10")
     key, raw = text.split("=", 1)
     try:
         value = json.loads(raw)

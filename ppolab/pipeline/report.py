@@ -98,10 +98,7 @@ def plot(run: Run) -> list[str]:
                               ("kl_per_token", "KL per token (k1, policy vs SFT)", "ppo_kl.png")):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for stage in ("ppo_coldstart", "ppo_final"):
-            rows = [r for r in run.metrics(stage) if key in r]
-            # Only the latest run of the stage: a re-run after a settings change starts at step 1 again.
-            starts = [i for i, r in enumerate(rows) if r.get("step") == 1]
-            rows = rows[starts[-1]:] if starts else rows
+            rows = [r for r in run.step_rows(stage) if key in r]  # each step once, latest attempt
             if rows:
                 ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=stage)
         ax.set_title(title)

@@ -76,8 +76,16 @@ class Run:
     def log(self, stage: str, record: dict) -> None:
         """Append one record to metrics.jsonl (flushed and fsynced) and to TensorBoard."""
         row = {"stage": stage, "time": round(time.time(), 3), **record}
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False, default=float) + "\n")
+        line = json.dumps(row, ensure_ascii=False, default=float) + "\n"
+        with open(self.path / "metrics.jsonl", "a+b") as f:
+            # A kill mid-append leaves a line without its newline: end it, or this row joins it and
+            # both are lost to the reader.
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write(line.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         tb = self._writer()
@@ -102,6 +110,22 @@ class Run:
             except json.JSONDecodeError:
                 continue  # a line torn by a kill mid-write is skipped, not fatal
             if stage is None or row.get("stage") == stage:
+                rows.append(row)
+        return rows
+
+    def step_rows(self, stage: str) -> list[dict]:
+        """The stage's per-step rows, each step once, in step order, from its latest attempt.
+
+        A row for step s supersedes every earlier row for steps >= s: the stage was resumed from
+        a checkpoint taken before s (a kill after the row but before the checkpoint logs s twice)
+        or restarted from scratch (s = 1), and those rows belong to work that was thrown away.
+        """
+        rows: list[dict] = []
+        for row in self.metrics(stage):
+            step = row.get("step")
+            if isinstance(step, int) and not isinstance(step, bool):
+                while rows and rows[-1]["step"] >= step:
+                    rows.pop()
                 rows.append(row)
         return rows
 

@@ -6,7 +6,9 @@ SFT -> synthetic preferences -> reward model (cold start) -> PPO (cold start)
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import re
 import threading
 import time
 import urllib.request
@@ -18,11 +20,14 @@ import torch
 
 from ..config import GenerationConfig, ModelConfig, PPOConfig
 from ..data import build_prompt, load_shipped_corpus
-from ..io import atomic_open
+from ..errors import UserError
+from ..io import atomic_open, remove_stale_temporaries
 from ..metrics import sentence_chrf
+from ..model_files import check_model_folder, check_reward_folder
 from ..models import Reference, RewardModel, build_tiny_causal_lm, build_tokenizer, build_value_model, load_causal_lm
 from ..sft.translate import TARGET_SEPARATOR, evaluate_translation, translate
 from .run import Run
+from .validate import validate_settings
 
 LANGS = {"eng->arb": ("eng", "arb"), "fra->arb": ("fra", "arb")}
 
@@ -168,7 +173,13 @@ def stage_sft(run: Run, cfg: dict) -> dict:
 def _load_policy(path: Path, cfg: dict | None = None):
     from ..sft import load_sft
 
+    check_model_folder(path, "policy")
     return load_sft(path, _model_config(cfg) if cfg is not None else None)
+
+
+def _load_reward(path: Path, mcfg: ModelConfig | None = None) -> RewardModel:
+    check_reward_folder(path)  # a missing or half-copied folder: one error naming the file
+    return RewardModel.load(path, mcfg)
 
 
 # -- synthetic preferences -------------------------------------------------------------------------
@@ -278,6 +289,48 @@ def _ppo_prompts(cfg: dict, tok) -> list[str]:
     return [build_prompt(ex.source, ex.src_lang, ex.tgt_lang, tok) for ex in _split(cfg, "train")]
 
 
+def _save_checkpoint(path: Path, trainer, step: int, record: dict) -> None:
+    """Everything a resumed stage needs, as tensors and plain data only (loadable with weights_only)."""
+    critic = trainer.value is not None  # critic-free estimators (GRPO, RLOO, ...) train no value model
+    state = {"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict() if critic else None,
+             "policy_optimizer": trainer.policy_optimizer.state_dict(),
+             "value_optimizer": trainer.value_optimizer.state_dict() if critic else None,
+             "kl_controller": dict(trainer.kl_controller.__dict__), "step": step,
+             "rng": torch.get_rng_state(), "record": record}
+    with atomic_open(path, "wb", encoding=None) as f:
+        torch.save(state, f)
+
+
+def _load_checkpoint(path: Path, trainer) -> tuple[int, dict | None]:
+    """Restore the trainer from `path`; return the number of steps done and the last step's row.
+
+    `weights_only=True`: a run directory may be shared or copied, and unpickling arbitrary objects
+    would run any code a crafted file holds. Anything beyond tensors and plain data is refused.
+    """
+    try:
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:  # an object that is not a tensor or plain data
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it holds {found.group(1)}" if found else "it holds objects other than tensors and plain data"
+        raise UserError(f"{path}: not a loadable ppolab checkpoint: {what}, and loading it could run code; "
+                        "delete it to restart the stage") from None
+    except Exception as e:  # truncated, or not a torch file at all
+        raise UserError(f"{path}: not a loadable ppolab checkpoint: unreadable ({type(e).__name__}); "
+                        "delete it to restart the stage") from None
+    trainer.policy.load_state_dict(state["policy"])
+    trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
+    if (trainer.value is None) != (state["value"] is None):
+        raise UserError(f"{path}: saved {'with' if state['value'] is not None else 'without'} a value model, "
+                        "but this stage's estimator differs; delete it to restart the stage")
+    if trainer.value is not None:
+        trainer.value.load_state_dict(state["value"])
+        trainer.value_optimizer.load_state_dict(state["value_optimizer"])
+    trainer.kl_controller.__dict__.update(state["kl_controller"])
+    trainer.steps_done = state["step"]
+    torch.set_rng_state(state["rng"])
+    return state["step"], state.get("record")  # checkpoints of older versions carry no row
+
+
 def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Path, out: Path,
               steps: int, lr: float, overrides: dict | None = None) -> dict:
     """PPO from `policy_dir` against the reward model in `reward_dir`, KL-anchored to `policy_dir`.
@@ -300,7 +353,7 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     # cold-start policy for the final stage (iterated RLHF, as in Llama 2). With LoRA it is the
     # same weights with the adapter off; otherwise a frozen copy.
     ref = Reference(policy)
-    reward = RewardModel.load(reward_dir, mcfg).eval()
+    reward = _load_reward(reward_dir, mcfg).eval()
     reward.tokenizer = tok  # saved from the same tokenizer
     pcfg = PPOConfig(**{k: v for k, v in p.items() if k in _fields(PPOConfig)} | {"lr": lr, "seed": cfg["seed"]})
     # Critic-free estimators (GRPO, RLOO, REINFORCE++) run with no value model at all.
@@ -318,15 +371,10 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     ckpt = run / f".{stage}.checkpoint.pt"
     start = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        trainer.policy.load_state_dict(state["policy"])
-        trainer.value.load_state_dict(state["value"])
-        trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        trainer.value_optimizer.load_state_dict(state["value_optimizer"])
-        trainer.kl_controller.__dict__.update(state["kl_controller"])
-        trainer.steps_done = start = state["step"]
-        torch.set_rng_state(state["rng"])
+        start, record = _load_checkpoint(ckpt, trainer)
         print(f"{stage}: resuming at step {start} from {ckpt}")
+        if record is not None and start not in {r["step"] for r in run.step_rows(stage)}:
+            run.log(stage, record)  # killed after the checkpoint, before its metrics row
 
     from tqdm.auto import tqdm
 
@@ -338,17 +386,14 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
         record = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         record["timings"] = stats["timings"]
         record["sample"] = stats["generated_texts"][0]
+        # Checkpoint first (it carries this step's row), metrics row second: a kill between the two
+        # neither re-runs the step nor loses its row; the resumed stage logs it from the checkpoint.
+        _save_checkpoint(ckpt, trainer, step + 1, record)
         run.log(stage, record)
-        with atomic_open(ckpt, "wb", encoding=None) as f:
-            torch.save({"policy": trainer.policy.state_dict(), "value": trainer.value.state_dict(),
-                        "policy_optimizer": trainer.policy_optimizer.state_dict(),
-                        "value_optimizer": trainer.value_optimizer.state_dict(),
-                        "kl_controller": dict(trainer.kl_controller.__dict__), "step": step + 1,
-                        "rng": torch.get_rng_state()}, f)
     policy = trainer.policy.merge_and_unload() if hasattr(trainer.policy, "merge_and_unload") else trainer.policy
     save_sft(policy, tok, out)
     ev = _evaluate(policy, tok, cfg)
-    rows = [r for r in run.metrics(stage) if "score_mean" in r][-steps:]
+    rows = [r for r in run.step_rows(stage) if "score_mean" in r][-steps:]
     k = max(1, len(rows) // 10)
     mean = lambda key, part: float(sum(r[key] for r in part) / len(part))  # noqa: E731
     result = {
@@ -423,7 +468,7 @@ def stage_feedback(run: Run, cfg: dict) -> dict:
     if store.stats()["items"] == 0:
         policy, tok = _load_policy(run / "ppo_model_coldstart", cfg)
         policy.eval()
-        reward = RewardModel.load(run / "reward_model_coldstart", _model_config(cfg)).eval()
+        reward = _load_reward(run / "reward_model_coldstart", _model_config(cfg)).eval()
         ranked = _candidates(policy, tok, reward, examples, f["candidates"], cfg["ppo"]["max_new_tokens"])
         store.add_items([{"source": ex.source, "direction": ex.direction, "reference": ex.target,
                           "candidates": [(t, s) for t, s in cands], "model_version": "ppo_model_coldstart"}
@@ -452,7 +497,7 @@ def stage_reward_model_human(run: Run, cfg: dict) -> dict:
     human = [json.loads(line) for line in open(run / "human_preferences.jsonl", encoding="utf-8") if line.strip()]
     if not human:
         raise RuntimeError(f"{run / 'human_preferences.jsonl'}: no human pairs to train on")
-    tok_model = RewardModel.load(run / "reward_model_coldstart", _model_config(cfg))
+    tok_model = _load_reward(run / "reward_model_coldstart", _model_config(cfg))
     tok = tok_model.tokenizer
 
     def to_pair(p):
@@ -482,6 +527,7 @@ STAGE_SEED_INDEX = {"sft": 0, "synth": 1, "reward_model": 2, "ppo_coldstart": 3,
 # -- the whole loop --------------------------------------------------------------------------------
 def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
     """Run every stage not yet completed, in order; return all stage results."""
+    validate_settings(cfg)  # every setting, before any stage writes anything
     if cfg.get("device", "cpu") == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("this preset needs a CUDA GPU (device=cuda) and none is visible; "
                            "use --preset cpu-test or fast on a CPU")
@@ -508,6 +554,8 @@ def run_pipeline(run: Run, cfg: dict, only: list[str] | None = None) -> dict:
             print(f"[{name}] already complete in {run.path}; skipping")
             continue
         print(f"[{name}] running ...", flush=True)
+        for stale in remove_stale_temporaries(run.path):
+            print(f"[{name}] removed {stale}, left by an interrupted write", flush=True)
         # Each stage starts from its own seed, so a stage gives the same result whether the stages
         # before it ran in this process or in an earlier one (a resumed run equals a fresh one).
         torch.manual_seed(cfg["seed"] * 1_000 + STAGE_SEED_INDEX[name])
