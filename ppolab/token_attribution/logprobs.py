@@ -32,7 +32,7 @@ CHUNK_ELEMENTS = 1 << 23
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"})
 
 
-def output_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def output_head(model: nn.Module) -> nn.Module | None:
     """hidden `[..., H]` -> logits `[..., V]` as `model`'s forward computes them from its trunk's last
     hidden state (`base_trunk(model)`), or None when this model type's head is not known to be plain."""
     inner = model.get_base_model() if is_peft(model) else model
@@ -41,14 +41,20 @@ def output_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | No
         return None
     head = inner.get_output_embeddings()  # a TrimmedLMHead after vocab_trim; a LoRA layer if targeted
     cap = getattr(config, "final_logit_softcapping", None)
-    if not cap:
-        return head
+    return _Softcapped(head, cap) if cap else head
 
-    def capped(hidden: torch.Tensor) -> torch.Tensor:
-        logits = head(hidden) / cap  # the same three ops as Gemma's forward, so the same rounding
-        return torch.tanh(logits) * cap
 
-    return capped
+class _Softcapped(nn.Module):
+    """Gemma's `tanh(logits / c) * c` after the head (a module, so the head's parameters show)."""
+
+    def __init__(self, head: nn.Module, cap: float):
+        super().__init__()
+        self.head, self.cap = head, cap
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        # The same three ops as Gemma's forward, so the same rounding.
+        logits = self.head(hidden) / self.cap
+        return torch.tanh(logits) * self.cap
 
 
 def logprob_head(model: nn.Module):
@@ -159,8 +165,9 @@ def token_logprobs(
     """Log-probs `[B, T]` of `targets` `[B, T]`, and with `with_entropy` the entropy `[B, T]`.
 
     `x`: hidden states `[B, T, H]` and the output `head`, or logits `[B, T, V]` with head None.
-    `vocab_size` V sets the chunk (`CHUNK_ELEMENTS // V` rows); `keep_ids` `[K]` says which vocabulary
-    ids the head's K columns are (the rest have logit `EXCLUDED_LOGIT`); None: all V, in order.
+    `vocab_size`, the width of the head's output, sets the chunk (`CHUNK_ELEMENTS // width` rows);
+    `keep_ids` `[K]` says which vocabulary ids the head's K columns are (the rest have logit
+    `EXCLUDED_LOGIT`); None: all V, in order.
     """
     B, T = targets.shape
     flat, flat_t = x.reshape(B * T, x.shape[-1]), targets.reshape(B * T)
@@ -225,7 +232,8 @@ def _hidden_logprobs(model: nn.Module, hidden: torch.Tensor, targets: torch.Tens
                      with_entropy: bool):
     """`token_logprobs` of `model`'s trunk output `[B, T, H]` through its head (`logprob_head`)."""
     head, keep_ids, V = logprob_head(model)
-    return token_logprobs(hidden, targets, temperature, head, with_entropy, vocab_size=V, keep_ids=keep_ids)
+    width = V if keep_ids is None else keep_ids.numel()  # what one row of the head's output holds
+    return token_logprobs(hidden, targets, temperature, head, with_entropy, vocab_size=width, keep_ids=keep_ids)
 
 
 def fuses_with(policy: nn.Module, value) -> bool:
