@@ -86,7 +86,7 @@ GEMMA_CPU["sft"].update({"epochs": 1, "lr": 2e-4, "batch_size": 8, "max_length":
 GEMMA_CPU["synth"].update({"n_sources": 64, "candidates_per_source": 4, "max_new_tokens": 48, "batch_size": 16})
 GEMMA_CPU["reward_model"].update({"epochs": 2, "lr": 1e-4, "batch_size": 8, "max_length": 192,
                                   "normalize_samples": 32, "top_layers": 4, "val_fraction": 0.2})
-GEMMA_CPU["ppo"].update({"steps": 16, "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "lr": 1e-4,
+GEMMA_CPU["ppo"].update({"steps": 16, "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "lr": 3e-5,
                          "kl_coef": 0.1, "max_new_tokens": 48})
 GEMMA_CPU["feedback"].update({"items": 16, "candidates": 4})
 GEMMA_CPU["reward_model_human"].update({"epochs": 2, "batch_size": 8, "mix_synthetic": 64})
