@@ -67,6 +67,20 @@ def grads(params):
     return [p.grad.clone() for p in params]
 
 
+def assert_logprobs_match_slow(policy, params, ids, mask):
+    """Chunked log-probs and entropy, and their gradients, equal the full log-softmax version."""
+    w = torch.randn(3, T)  # arbitrary weights so every position's gradient counts
+    got_lp, got_ent = response_logprobs(policy, ids, mask, T, 0.7, with_entropy=True)
+    ((got_lp * w).sum() + (got_ent * w).sum()).backward()
+    got_grads = grads(params)
+    policy.zero_grad()
+    exp_lp, exp_ent = slow_logprobs(policy, ids, mask, T, 0.7)
+    ((exp_lp * w).sum() + (exp_ent * w).sum()).backward()
+    assert torch.allclose(got_lp, exp_lp, atol=1e-5) and torch.allclose(got_ent, exp_ent, atol=1e-5)
+    for g, e in zip(got_grads, grads(params)):
+        assert torch.allclose(g, e, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch,lora", SETUPS)
 @pytest.mark.parametrize("trim", [False, True])
 def test_split_head_gives_the_models_own_logits(arch, lora, trim):
@@ -90,18 +104,7 @@ def test_chunked_logprobs_and_entropy_equal_full_log_softmax_with_gradients(monk
     policy = make_policy(arch, lora)
     params = [p for p in policy.parameters() if p.requires_grad]
     ids, mask = batch()
-    w = torch.randn(3, T)  # arbitrary weights so every position's gradient counts
-
-    got_lp, got_ent = response_logprobs(policy, ids, mask, T, 0.7, with_entropy=True)
-    ((got_lp * w).sum() + (got_ent * w).sum()).backward()
-    got_grads = grads(params)
-    policy.zero_grad()
-    exp_lp, exp_ent = slow_logprobs(policy, ids, mask, T, 0.7)
-    ((exp_lp * w).sum() + (exp_ent * w).sum()).backward()
-
-    assert torch.allclose(got_lp, exp_lp, atol=1e-5) and torch.allclose(got_ent, exp_ent, atol=1e-5)
-    for g, e in zip(got_grads, grads(params)):
-        assert torch.allclose(g, e, atol=1e-5, rtol=1e-4)
+    assert_logprobs_match_slow(policy, params, ids, mask)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 4, 10_000])
@@ -135,16 +138,7 @@ def test_trimmed_head_logprobs_equal_the_full_log_softmax(monkeypatch, arch, chu
     params = [p for p in policy.parameters() if p.requires_grad]
     ids, mask = batch()
     ids[:, -T:] = ids[:, -T:] // 4 * 4 + torch.tensor([0, 1, 2, 3, 1])  # targets 1 mod 4 were dropped
-    w = torch.randn(3, T)
-    got_lp, got_ent = response_logprobs(policy, ids, mask, T, 0.7, with_entropy=True)
-    ((got_lp * w).sum() + (got_ent * w).sum()).backward()
-    got_grads = grads(params)
-    policy.zero_grad()
-    exp_lp, exp_ent = slow_logprobs(policy, ids, mask, T, 0.7)
-    ((exp_lp * w).sum() + (exp_ent * w).sum()).backward()
-    assert torch.allclose(got_lp, exp_lp, atol=1e-5) and torch.allclose(got_ent, exp_ent, atol=1e-5)
-    for g, e in zip(got_grads, grads(params)):
-        assert torch.allclose(g, e, atol=1e-5, rtol=1e-4)
+    assert_logprobs_match_slow(policy, params, ids, mask)
 
 
 def test_a_trainable_head_on_frozen_features_gets_its_gradient(monkeypatch):
