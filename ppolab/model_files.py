@@ -73,9 +73,12 @@ def _check_weights(folder: Path) -> None:
 def check_model_folder(path: str | os.PathLike, what: str = "model", tokenizer: bool = True) -> Path:
     """The folder that holds the model (`path` or, for an SFT output, `path/final`), checked whole.
 
-    Raises `UserError` naming the missing or broken file.
+    Raises `UserError` naming the missing or broken file. A pretrained name (`gemma3-270m`) stands
+    for its prepared folder (prepared on first use).
     """
-    path = Path(path)
+    from .models.pretrained import resolve_model_path
+
+    path = Path(resolve_model_path(path))
     if not path.exists():
         raise UserError(f"{path}: no such {what} folder")
     if not path.is_dir():

@@ -89,3 +89,23 @@ def test_one_ppo_step_on_the_real_model(folder, tok):
     assert all(torch.equal(after[n], p) for n, p in base_before.items())  # only LoRA and the head trained
     with torch.no_grad():
         assert torch.allclose(ref(input_ids=ids[0], attention_mask=ids[1]).logits[:, -1], ref_before, atol=1e-5)
+
+
+def test_the_pretrained_name_works_where_a_model_folder_is_checked(folder, capsys, tmp_path):
+    """`--model gemma3-270m` and `model.policy_path="gemma3-270m"` pass the folder checks."""
+    import json
+
+    from ppolab.cli import main
+    from ppolab.model_files import check_model_folder
+    from ppolab.pipeline.stages import _load_policy
+
+    assert check_model_folder("gemma3-270m") == folder
+    model, tok = _load_policy("gemma3-270m", {"seed": 0, "model": {"vocab_trim": "arabic"}})
+    assert type(model.get_output_embeddings()).__name__ == "TrimmedLMHead" and prompt_format(tok) == "fewshot"
+    del model
+    corpus = tmp_path / "one_pair.tsv"
+    corpus.write_text("eng\tarb\nGood morning.\tصباح الخير.\n", encoding="utf-8")
+    assert main(["evaluate", "--model", "gemma3-270m", "--corpus", str(corpus), "--src", "eng",
+                 "--max-new-tokens", "4", "--vocab-trim", "arabic"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == 1 and out["direction"] == "eng->arb"
