@@ -76,7 +76,9 @@ PRODUCTION["ppo"].update({"lr": 1e-5, "max_new_tokens": 96})
 # (a base model), the output head trimmed to the tokens an Arabic translation needs. Sized for
 # about two hours on an idle 2-core machine; every stage resumes after a kill.
 GEMMA_CPU = copy.deepcopy(CPU_TEST)
-GEMMA_CPU.update({"threads": 2})
+# 1 thread: 1.34x slower than 2 on an idle machine, but 2 threads were 2.3x slower than 1 with one
+# other CPU-bound process on the 2 cores (benchmarks/ppo_step_gemma_threads.jsonl).
+GEMMA_CPU.update({"threads": 1})
 GEMMA_CPU["prompt"] = {"format": "fewshot"}
 GEMMA_CPU["model"] = {"policy_path": "gemma3-270m", "reward_path": None, "lora": True, "lora_r": 16,
                       "lora_alpha": 32, "lora_dropout": 0.0, "dtype": "float32", "value_init": "shared",
