@@ -73,8 +73,8 @@ PRODUCTION["ppo"].update({"lr": 1e-5, "max_new_tokens": 96})
 # gemma-cpu: the real pretrained Gemma 3 270M (the `gemma` extra; ppolab.models.pretrained_path)
 # through all seven stages on a 2-core CPU. LoRA policy, adapter-off reference, value head on the
 # policy's trunk, reward model = the SFT trunk's top layers + a linear head, few-shot prompts
-# (a base model), the output head trimmed to the tokens an Arabic translation needs. Sized for
-# about two hours on an idle 2-core machine; every stage resumes after a kill.
+# (a base model), the output head trimmed to the tokens an Arabic translation needs. Meant to fit
+# about two hours on a 2-core machine (not yet measured whole); every stage resumes after a kill.
 GEMMA_CPU = copy.deepcopy(CPU_TEST)
 # 1 thread: 1.34x slower than 2 on an idle machine, but 2 threads were 2.3x slower than 1 with one
 # other CPU-bound process on the 2 cores (benchmarks/ppo_step_gemma_threads.jsonl).
