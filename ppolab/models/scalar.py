@@ -23,10 +23,15 @@ class ScalarHead(nn.Module):
             self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, n_out))
         else:
             self.net = nn.Linear(in_dim, n_out)
-        last = self.net[-1] if hidden > 0 else self.net
+        last = self.last
         # Small initial outputs, as in OpenAI's lm-human-preferences (std 1/sqrt(d+1)).
         nn.init.normal_(last.weight, std=1.0 / (last.in_features + 1) ** 0.5)
         nn.init.zeros_(last.bias)
+
+    @property
+    def last(self) -> nn.Linear:
+        """The layer that produces the outputs (the only one of a linear head)."""
+        return self.net[-1] if self.hidden > 0 else self.net
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)
@@ -92,7 +97,7 @@ class ValueModel(ScalarModel):
         """Start a fresh value head at V = 0 everywhere. Its default init (std 1/sqrt(d+1)) assumes
         unit-scale features; a real checkpoint's final hidden states are far larger (Gemma 3 270M's
         first value loss was 85 with it), so the first value updates chased an arbitrary offset."""
-        last = self.head.net[-1] if self.head.hidden > 0 else self.head.net
+        last = self.head.last
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         return self
@@ -114,7 +119,7 @@ class ValueModel(ScalarModel):
         head's last layer (the head weights sum to 1, so shifting every output shifts their mix)."""
         value = cls(copy.deepcopy(reward.backbone), reward.head.hidden, reward.head_names, reward.head_weights.tolist())
         value.head.load_state_dict(reward.head.state_dict())
-        last = value.head.net[-1] if value.head.hidden > 0 else value.head.net
+        last = value.head.last
         with torch.no_grad():
             std, mean = float(reward.norm_std), float(reward.norm_mean)
             last.weight.div_(std)
@@ -202,7 +207,9 @@ class RewardModel(ScalarModel):
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"reward model checkpoint not found: {path}")
-        dtype = getattr(torch, model_config.dtype) if model_config is not None else torch.float32
+        from .builders import _DTYPES
+
+        dtype = _DTYPES[model_config.dtype] if model_config is not None else torch.float32
         if (path / "reward_config.json").exists():
             meta = json.loads((path / "reward_config.json").read_text())
             backbone = AutoModel.from_pretrained(path / "backbone", dtype=dtype)

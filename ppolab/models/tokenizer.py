@@ -74,11 +74,20 @@ def read_prompt_format(folder) -> str | None:
         raise ValueError(f"{path}: expected {{\"format\": \"plain\" | \"fewshot\"}} ({e})") from e
 
 
-def newline_token_ids(tokenizer) -> list[int]:
-    """Ids of every token whose text contains a newline (cached on the tokenizer; ~3 s for 262k)."""
-    cached = getattr(tokenizer, "_ppolab_newline_ids", None)
+def token_texts(tokenizer) -> list[str]:
+    """The text of every token id decoded alone (cached on the tokenizer; ~3 s for 262k tokens)."""
+    cached = getattr(tokenizer, "_ppolab_token_texts", None)
     if cached is None:
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        cached = [i for i, t in enumerate(texts) if "\n" in t]
-        tokenizer._ppolab_newline_ids = cached
+        cached = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        tokenizer._ppolab_token_texts = cached
     return cached
+
+
+def newline_token_ids(tokenizer) -> list[int]:
+    """Ids of every token whose text contains a newline."""
+    return [i for i, t in enumerate(token_texts(tokenizer)) if "\n" in t]
+
+
+def stop_token_ids(tokenizer, at_newline: bool) -> list[int]:
+    """The ids that end a response: EOS, and every newline-carrying token when `at_newline`."""
+    return [tokenizer.eos_token_id] + (newline_token_ids(tokenizer) if at_newline else [])

@@ -67,9 +67,12 @@ def _test_examples(cfg: dict):
     return test[:limit] if limit else test
 
 
-def _evaluate(model, tok, cfg) -> dict:
+def _evaluate(model, tok, cfg, examples=None) -> dict:
+    """Greedy translation of `examples` (default: the test split) with scores and hypotheses."""
     model.eval()
-    return evaluate_translation(model, tok, _test_examples(cfg), max_new_tokens=cfg["eval"]["max_new_tokens"])
+    return evaluate_translation(model, tok, _test_examples(cfg) if examples is None else examples,
+                                max_new_tokens=cfg["eval"]["max_new_tokens"],
+                                batch_size=cfg["eval"].get("batch_size", 32), return_hypotheses=True)
 
 
 def flores_file() -> Path | None:
@@ -86,37 +89,45 @@ def flores_file() -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def _scores(model, tok, examples, cfg) -> dict:
-    """chrF, chrF++ and BLEU per direction (greedy, the model's prompt format)."""
+def _scores(examples, hypotheses) -> dict:
+    """chrF, chrF++ and BLEU per direction of already translated `examples`."""
+    from ..metrics import bleu, chrf, chrf_pp
+
     out = {}
     for direction in LANGS:
-        chunk = [ex for ex in examples if ex.direction == direction]
-        if chunk:
-            ev = evaluate_translation(model, tok, chunk, max_new_tokens=cfg["eval"]["max_new_tokens"],
-                                      batch_size=cfg["eval"].get("batch_size", 32))
-            out[direction] = {"chrf": ev["chrf"], "chrf_pp": ev["chrf_pp"], "bleu": ev["bleu"], "n": ev["n"]}
+        idx = [i for i, ex in enumerate(examples) if ex.direction == direction]
+        if idx:
+            hyps, refs = [hypotheses[i] for i in idx], [examples[i].target for i in idx]
+            out[direction] = {"chrf": chrf(hyps, refs), "chrf_pp": chrf_pp(hyps, refs), "bleu": bleu(hyps, refs),
+                              "n": len(idx)}
     return out
 
 
-def _flores_block(model, tok, cfg) -> dict | None:
-    """Scores on the first `eval.flores_limit` FLORES devtest sentences of each direction and on
-    the shipped test split; None when the preset sets no limit."""
+def _flores_block(model, tok, cfg, test_eval: dict) -> dict | None:
+    """Per-direction scores on the test split (from `test_eval`, `_evaluate`'s result, so it is not
+    translated twice) and on the first `eval.flores_limit` FLORES devtest sentences of each
+    direction; None when the preset sets no limit."""
     limit = cfg["eval"].get("flores_limit")
     if not limit:
         return None
     from ..data import load_parallel
 
-    model.eval()
-    block = {"test": _scores(model, tok, _test_examples(cfg), cfg)}
+    block = {"test": _scores(_test_examples(cfg), test_eval["hypotheses"])}
     path = flores_file()
     if path is None:
         block["flores"] = None  # the report says it was not available
     else:
         rows = list(load_parallel(path))
         first = [ex for d in LANGS for ex in [r for r in rows if r.direction == d][:limit]]
-        block["flores"] = _scores(model, tok, first, cfg)
+        block["flores"] = _scores(first, _evaluate(model, tok, cfg, first)["hypotheses"])
         block["flores_file"] = str(path)
     return block
+
+
+def _set_prompt_format(tok, cfg: dict) -> None:
+    """The preset's prompt format, if it names one (saved with every model trained from here)."""
+    if cfg.get("prompt", {}).get("format"):
+        tok.ppolab_prompt_format = cfg["prompt"]["format"]
 
 
 # -- the base model, before any training -------------------------------------------------------------
@@ -126,10 +137,11 @@ def stage_base(run: Run, cfg: dict) -> dict:
     if not mcfg.policy_path:
         return {"skipped": "tiny models start random: no base row"}
     model, tok = _load_policy(mcfg.policy_path, cfg)
-    if cfg.get("prompt", {}).get("format"):
-        tok.ppolab_prompt_format = cfg["prompt"]["format"]
+    _set_prompt_format(tok, cfg)
     t0 = time.time()
-    result = {"eval": _flores_block(model, tok, cfg), "seconds": time.time() - t0}
+    ev = _evaluate(model, tok, cfg)
+    result = {"eval": _flores_block(model, tok, cfg, ev), "chrf_test": ev["chrf"], "bleu_test": ev["bleu"],
+              "seconds": time.time() - t0}
     run.log("base", result)
     return result
 
@@ -150,8 +162,7 @@ def stage_sft(run: Run, cfg: dict) -> dict:
 
         tok, model = load_tokenizer(mcfg.policy_path), load_causal_lm(mcfg.policy_path, mcfg)
         model = apply_vocab_trim(model, tok, mcfg.vocab_trim)
-        if cfg.get("prompt", {}).get("format"):  # the preset's format; saved with the SFT model
-            tok.ppolab_prompt_format = cfg["prompt"]["format"]
+        _set_prompt_format(tok, cfg)
         if mcfg.lora:  # LoRA SFT; save_sft merges the adapter, so later stages load a plain model
             model = wrap_lora(model, mcfg)
     else:
@@ -162,7 +173,7 @@ def stage_sft(run: Run, cfg: dict) -> dict:
     t0 = time.time()
     history = train_sft(model, tok, train, valid, scfg, out_dir=run / "sft", log=run.logger("sft"))
     ev = _evaluate(model, tok, cfg)
-    result = {"eval": _flores_block(model, tok, cfg),
+    result = {"eval": _flores_block(model, tok, cfg, ev),
               "chrf_test": ev["chrf"], "bleu_test": ev["bleu"], "chrf_pp_test": ev["chrf_pp"],
               "valid_chrf": history[-1].get("valid_chrf"), "train_loss": history[-1].get("train_loss"),
               "parameters": sum(p.numel() for p in model.parameters()), "seconds": time.time() - t0}
@@ -400,7 +411,7 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
         "reward_start": mean("score_mean", rows[:k]), "reward_end": mean("score_mean", rows[-k:]),
         "kl_per_token_end": mean("kl_per_token", rows[-k:]), "kl_per_sequence_end": mean("kl", rows[-k:]),
         "chrf_test": ev["chrf"], "bleu_test": ev["bleu"], "steps": steps, "seconds": time.time() - t0,
-        "eval": _flores_block(policy, tok, cfg),
+        "eval": _flores_block(policy, tok, cfg, ev),
     }
     run.log(stage, {"event": "done", **result})
     ckpt.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from ..advantage import (
 from ..advantage.aggregate import aggregate_loss, aggregation_units
 from ..config import GenerationConfig, PPOConfig
 from ..experience_buffer import ExperienceBuffer
-from ..models import Reference, RewardModel, disable_dropout
+from ..models import Reference, RewardModel, base_trunk, disable_dropout
 from ..models.builders import position_ids_from_mask
 from ..reward_kl import AdaptiveKLController, FixedKLController, kl_loss, kl_penalized_rewards, per_token_kl
 from ..token_attribution import Rollout, SequenceGenerator, logprobs_and_values, response_logprobs
@@ -45,8 +45,7 @@ def sequence_classifier_scores(model: nn.Module, input_ids: torch.Tensor, attent
     head = getattr(model, "score", None)
     if not isinstance(head, nn.Module):
         raise TypeError(f"reward: {type(model).__name__} has no `score` head; wrap it in ppolab.models.RewardModel")
-    trunk = model.base_model if model.base_model is not model else model.model
-    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask,
+    hidden = base_trunk(model)(input_ids=input_ids, attention_mask=attention_mask,
                    position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     last = (attention_mask.long() * positions).argmax(-1)

@@ -55,9 +55,9 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 
 def stop_ids(tokenizer) -> list[int]:
     """EOS, plus every newline-carrying token when the prompt format puts one answer per line."""
-    from ..models.tokenizer import newline_token_ids
+    from ..models.tokenizer import stop_token_ids
 
-    return [tokenizer.eos_token_id] + (newline_token_ids(tokenizer) if stops_at_newline(tokenizer) else [])
+    return stop_token_ids(tokenizer, stops_at_newline(tokenizer))
 
 
 def _hf_generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_k, top_p, num_return_sequences):

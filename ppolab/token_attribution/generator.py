@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import GenerationConfig
-from ..models.builders import base_trunk, position_ids_from_mask
+from ..models.builders import Reference, base_trunk, position_ids_from_mask
 from ..models.merged import merged_copy, refresh_merged
 from .logprobs import fuses_with, logprob_head, logprobs_and_values, response_logprobs
 from .rollout import Rollout
@@ -83,7 +83,10 @@ class SequenceGenerator:
 
     def __init__(self, policy, tokenizer, config: GenerationConfig, reference=None, value_model=None):
         self.policy, self.tokenizer, self.config = policy, tokenizer, config.validate()
-        self.reference, self.value_model = reference, value_model
+        # Never the policy itself (the KL would be 0 by construction): as in PPOTrainer, None means
+        # Reference(policy), the adapter-disabled base of a LoRA policy or a frozen copy.
+        self.reference = reference if reference is not None else Reference(policy)
+        self.value_model = value_model
         self.timings: dict[str, float] = {}  # seconds per phase of the last generate()
         # What samples: the policy, or a merged copy of its LoRA adapter, refreshed every generate().
         self.sampler = policy
@@ -95,10 +98,9 @@ class SequenceGenerator:
             tokenizer.padding_side = "left"  # generation appends on the right
         self.stop_ids = None  # ids that end a response: EOS, and newline tokens with stop_at_newline
         if self.config.stop_at_eos:
-            from ..models.tokenizer import newline_token_ids
+            from ..models.tokenizer import stop_token_ids
 
-            newline = newline_token_ids(tokenizer) if self.config.stop_at_newline else []
-            self.stop_ids = torch.tensor([tokenizer.eos_token_id, *newline], dtype=torch.long)
+            self.stop_ids = torch.tensor(stop_token_ids(tokenizer, self.config.stop_at_newline), dtype=torch.long)
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded `[B, P]` ids and mask; empty or over-long prompts are errors, not truncations."""
@@ -231,9 +233,8 @@ class SequenceGenerator:
         else:
             with timed(self.timings, "policy_forward"):
                 logprobs = response_logprobs(self.policy, input_ids, attention_mask, T, temp)
-        ref = self.reference if self.reference is not None else self.policy
         with timed(self.timings, "ref_forward"):
-            ref_logprobs = response_logprobs(ref, input_ids, attention_mask, T, temp)
+            ref_logprobs = response_logprobs(self.reference, input_ids, attention_mask, T, temp)
         if values is None:
             with timed(self.timings, "value_forward"):
                 values = self.value_model(input_ids, attention_mask)[:, -T - 1 : -1]  # V(s_t) sits before a_t
