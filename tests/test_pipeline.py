@@ -352,3 +352,56 @@ def test_a_critic_free_stage_resumes_after_a_kill(finished_run, monkeypatch):
         stages.stage_ppo(*args)
     assert stages.stage_ppo(*args)["steps"] == 3
     assert [r["step"] for r in run.step_rows("ppo_grpo")] == [1, 2, 3]
+
+
+def test_a_stage_on_model_plus_chrf_logs_both_parts_and_resumes_with_the_same_norm(finished_run, monkeypatch):
+    from ppolab.pipeline import stages
+
+    run, cfg, _ = finished_run
+    cfg = merge(cfg, {"ppo": {"steps": 3, "reward": "model+chrf", "chrf_weight": 0.25}})
+    real_log, killed = Run.log, []
+
+    def die_at_step_2(self, stage, record):
+        if stage == "ppo_mix" and record.get("step") == 2 and not killed:
+            killed.append(True)
+            raise KeyboardInterrupt("killed")
+        real_log(self, stage, record)
+
+    monkeypatch.setattr(Run, "log", die_at_step_2)
+    args = (run, cfg, "ppo_mix", run / "sft", run / "reward_model_coldstart", run / "ppo_mix_out", 3, 1e-5)
+    with pytest.raises(KeyboardInterrupt):
+        stages.stage_ppo(*args)
+    norm = json.loads((run / "ppo_mix_chrf_norm.json").read_text())
+    assert norm["scale"] > 0
+    assert stages.stage_ppo(*args)["steps"] == 3
+    assert json.loads((run / "ppo_mix_chrf_norm.json").read_text()) == norm  # fitted once, reused on resume
+    rows = run.step_rows("ppo_mix")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:  # the score is the weighted sum of its logged parts
+        assert r["score_mean"] == pytest.approx(r["reward_model"] + r["reward_chrf"], abs=1e-5)
+
+
+def test_an_unknown_ppo_reward_is_named_before_any_stage_runs(tmp_path):
+    from ppolab.config import ConfigError
+    from ppolab.pipeline.validate import validate_settings
+
+    with pytest.raises(ConfigError, match="ppo.reward = 'bleu'"):
+        validate_settings(merge(get_preset("fast"), {"ppo": {"reward": "bleu"}}))
+    with pytest.raises(ConfigError, match="ppo.chrf_weight"):
+        validate_settings(merge(get_preset("fast"), {"ppo": {"chrf_weight": 1.5}}))
+
+
+def test_real_model_targets_include_the_chrf_gain_and_the_two_hour_budget():
+    from ppolab.pipeline.report import targets
+
+    ppo = {"reward_start": 0.0, "reward_end": 0.3, "kl_per_token_end": 0.05, "chrf_test": 30.0}
+    flores = lambda en, fr: {"flores": {"eng->arb": {"chrf": en}, "fra->arb": {"chrf": fr}}}  # noqa: E731
+    report = {"reward_model": {"val_accuracy": 0.8}, "sft": {"chrf_test": 30.0}, "ppo_coldstart": ppo,
+              "ppo_final": ppo, "seconds": 7300.0,
+              "flores": {"base": flores(18.0, 15.0), "sft": flores(20.0, 18.0), "ppo_final": flores(21.5, 18.5)}}
+    met = {what: ok for what, ok, _ in targets(report)}
+    assert met["FLORES eng->arb: PPO final chrF >= SFT + 1.0"] is True
+    assert met["FLORES fra->arb: PPO final chrF >= SFT + 1.0"] is False
+    assert met["whole preset <= 120 min on the 2-core machine"] is False
+    tiny_run = {k: v for k, v in report.items() if k != "flores"}  # the cpu-test demo has no time goal
+    assert "whole preset <= 120 min on the 2-core machine" not in {w for w, *_ in targets(tiny_run)}

@@ -253,6 +253,17 @@ def test_translate_batched_equals_one_by_one(tok, examples):
     assert all(isinstance(t, str) and t == t.strip() for t in batched)
 
 
+def test_translate_groups_follow_the_callers_order(tok, examples):
+    """Batches are sorted by prompt length inside translate: groups still come back per source."""
+    model = tiny_model(tok, seed=3)
+    sources = sorted({ex.source for ex in examples if ex.src_lang == "eng"}, key=len, reverse=True)[:5]
+    greedy = translate(model, tok, sources, "eng", max_new_tokens=10, batch_size=2)
+    # temperature 1e-4: sampling is greedy decoding, so each group repeats its own source's answer
+    sampled = translate(model, tok, sources, "eng", max_new_tokens=10, batch_size=2, do_sample=True,
+                        temperature=1e-4, num_return_sequences=2)
+    assert sampled == [[g, g] for g in greedy]
+
+
 def test_translate_sampling_returns_n_per_source(overfit, tok, examples):
     model = overfit[0]
     torch.manual_seed(0)

@@ -65,6 +65,9 @@ def targets(report: dict) -> list[tuple[str, bool, str]]:
             if sft is not None and final is not None:
                 out.append((f"FLORES {direction}: PPO final chrF >= SFT + 1.0", final >= sft + 1.0,
                             f"{final:.2f} vs {sft:.2f}"))
+        # The sum of the stage times: a resumed run counts each stage's last (completing) attempt.
+        out.append(("whole preset <= 120 min on the 2-core machine", report["seconds"] <= 7200,
+                    f"{report['seconds'] / 60:.1f} min"))
     return out
 
 

@@ -238,6 +238,11 @@ def reference_pairs(pairs: list[dict]) -> list[dict]:
 def _sft_samples(run: Run, cfg: dict, n: int) -> tuple[list[str], list[str]]:
     """n samples of the SFT policy on training sources (for the reward normalisation)."""
     model, tok = _load_policy(run / "sft", cfg)
+    return _policy_samples(model, tok, cfg, n)
+
+
+def _policy_samples(model, tok, cfg: dict, n: int) -> tuple[list[str], list[str]]:
+    """Prompts and sampled responses of `model` on n training sources, half per direction."""
     model.eval()
     examples = _split(cfg, "train")
     random.Random(cfg["seed"] + 1).shuffle(examples)
@@ -298,6 +303,38 @@ def stage_reward_model(run: Run, cfg: dict) -> dict:
 # -- PPO -------------------------------------------------------------------------------------------
 def _ppo_prompts(cfg: dict, tok) -> list[str]:
     return [build_prompt(ex.source, ex.src_lang, ex.tgt_lang, tok) for ex in _split(cfg, "train")]
+
+
+REWARDS = ("model", "model+chrf", "chrf")  # ppo.reward
+
+
+def _ppo_reward(run: Run, cfg: dict, stage: str, p: dict, rm: RewardModel, policy, tok):
+    """What PPO maximises (`ppo.reward`): "model", the reward model's normalised score; "chrf", the
+    sentence chrF of the response against the training pair's reference; "model+chrf", their sum
+    with `ppo.chrf_weight` on chrF and the rest on the model. chrF is normalised like the reward
+    model (mean 0, std 1 on samples of the stage's starting policy), so the weight is a share of
+    two unit-scale signals; the fitted constants are kept in the run directory, so a resumed stage
+    scores exactly as before."""
+    from ..reward.reference import MixedReward, ReferenceChrF
+
+    kind = p.get("reward", "model")
+    if kind not in REWARDS:
+        raise UserError(f"setting ppo.reward = {kind!r}: expected one of {REWARDS}")
+    if kind == "model":
+        return rm
+    refs = {build_prompt(ex.source, ex.src_lang, ex.tgt_lang, tok): ex.target for ex in _split(cfg, "train")}
+    norm_file = run / f"{stage}_chrf_norm.json"
+    if norm_file.exists():
+        norm = json.loads(norm_file.read_text())
+        chrf_reward = ReferenceChrF(refs, norm["center"], norm["scale"])
+    else:
+        chrf_reward = ReferenceChrF(refs).fit(*_policy_samples(policy, tok, cfg, cfg["reward_model"]["normalize_samples"]))
+        with atomic_open(norm_file, "w") as f:
+            json.dump({"center": chrf_reward.center, "scale": chrf_reward.scale}, f)
+    if kind == "chrf":
+        return MixedReward({"chrf": (chrf_reward, 1.0)})
+    w = p["chrf_weight"]
+    return MixedReward({"model": (rm.score, 1.0 - w), "chrf": (chrf_reward, w)})
 
 
 def _save_checkpoint(path: Path, trainer, step: int, record: dict) -> None:
@@ -376,7 +413,8 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
     # A few rollouts per step, token by token, for `ppolab inspect` (RUN/rollouts.jsonl; 0 = off).
     # A resumed stage redoes the steps after its checkpoint; the recorder drops their old lines.
     recorder = RolloutRecorder(run / "rollouts.jsonl", per_step=p.get("record_rollouts", 4), stage=stage)
-    trainer = PPOTrainer(pcfg, policy, ref, value, reward, tok, gcfg, recorder=recorder)
+    objective = _ppo_reward(run, cfg, stage, p, reward, policy, tok)
+    trainer = PPOTrainer(pcfg, policy, ref, value, objective, tok, gcfg, recorder=recorder)
     prompts = _ppo_prompts(cfg, tok)
 
     ckpt = run / f".{stage}.checkpoint.pt"
@@ -397,6 +435,8 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
         record = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         record["timings"] = stats["timings"]
         record["sample"] = stats["generated_texts"][0]
+        for name, part in getattr(objective, "last_parts", {}).items():
+            record[f"reward_{name}"] = float(part.mean())  # weighted share of score_mean
         # Checkpoint first (it carries this step's row), metrics row second: a kill between the two
         # neither re-runs the step nor loses its row; the resumed stage logs it from the checkpoint.
         _save_checkpoint(ckpt, trainer, step + 1, record)

@@ -176,6 +176,14 @@ def validate_settings(cfg: dict) -> dict:
             if not _is(value, hint):
                 raise _fail(section, value, _describe(hint))
             _check_range(section, section, value)
+    for section in ("ppo", "ppo_final"):
+        from .stages import REWARDS
+
+        part = cfg.get(section, {})
+        if "reward" in part and part["reward"] not in REWARDS:
+            raise _fail(f"{section}.reward", part["reward"], " or ".join(map(repr, REWARDS)))
+        if "chrf_weight" in part and not 0 <= part["chrf_weight"] <= 1:
+            raise _fail(f"{section}.chrf_weight", part["chrf_weight"], "a number between 0 and 1")
     if cfg.get("device") not in (None, "cpu", "cuda"):
         raise _fail("device", cfg["device"], "'cpu' or 'cuda'")
     for section in SECTION_CLASSES:

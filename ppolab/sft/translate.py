@@ -144,22 +144,23 @@ def translate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    outputs: list = []
+    prompts = [encode_prompt(tokenizer, build_prompt(s, src_lang, tgt_lang, tokenizer)) for s in sources]
+    # Batches of similar prompt length: less padding, and a batch decodes until its longest answer
+    # ends, which tracks source length. Outputs go back to the caller's order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: list = [None] * len(prompts)
     try:
-        for start in range(0, len(sources), batch_size):
-            chunk = sources[start:start + batch_size]
-            rows = [encode_prompt(tokenizer, build_prompt(s, src_lang, tgt_lang, tokenizer)) for s in chunk]
-            ids, mask = left_pad(rows, tokenizer.pad_token_id)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            ids, mask = left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
             out = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
             )
             new = out[:, ids.shape[1]:].cpu()  # [b * num_return_sequences, T], grouped per source
             texts = [_decode_until_eos(tokenizer, row, stops) for row in new]
-            if num_return_sequences == 1:
-                outputs.extend(texts)
-            else:
-                n = num_return_sequences
-                outputs.extend(texts[i:i + n] for i in range(0, len(texts), n))
+            n = num_return_sequences
+            for j, i in enumerate(chunk):
+                outputs[i] = texts[j] if n == 1 else texts[j * n:(j + 1) * n]
     finally:
         model.train(was_training)
     return outputs
