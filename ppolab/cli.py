@@ -56,7 +56,7 @@ def _settings(args) -> dict:
 
 
 def _add_settings(p: argparse.ArgumentParser, run_required: bool = True) -> None:
-    p.add_argument("--preset", default="cpu-test", help="cpu-test (default), fast, research, production")
+    p.add_argument("--preset", default="cpu-test", help="cpu-test (default), fast, research, production, gemma-cpu (the `gemma` extra)")
     p.add_argument("--config", help="JSON or YAML file of settings overriding the preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting, e.g. ppo.steps=10")
     if run_required:

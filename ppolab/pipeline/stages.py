@@ -67,12 +67,13 @@ def _test_examples(cfg: dict):
     return test[:limit] if limit else test
 
 
-def _evaluate(model, tok, cfg, examples=None) -> dict:
+def _evaluate(model, tok, cfg, examples=None, label: str = "test") -> dict:
     """Greedy translation of `examples` (default: the test split) with scores and hypotheses."""
     model.eval()
     return evaluate_translation(model, tok, _test_examples(cfg) if examples is None else examples,
                                 max_new_tokens=cfg["eval"]["max_new_tokens"],
-                                batch_size=cfg["eval"].get("batch_size", 32), return_hypotheses=True)
+                                batch_size=cfg["eval"].get("batch_size", 32), return_hypotheses=True,
+                                progress=f"evaluate {label}")
 
 
 def flores_file() -> Path | None:
@@ -119,7 +120,7 @@ def _flores_block(model, tok, cfg, test_eval: dict) -> dict | None:
     else:
         rows = list(load_parallel(path))
         first = [ex for d in LANGS for ex in [r for r in rows if r.direction == d][:limit]]
-        block["flores"] = _scores(first, _evaluate(model, tok, cfg, first)["hypotheses"])
+        block["flores"] = _scores(first, _evaluate(model, tok, cfg, first, "FLORES")["hypotheses"])
         block["flores_file"] = str(path)
     return block
 

@@ -107,6 +107,7 @@ def translate(
     top_k: int = 0,
     top_p: float = 1.0,
     num_return_sequences: int = 1,
+    progress: str | None = None,
 ) -> list[str] | list[list[str]]:
     """Translate `sources` (one direction) and return the decoded new text of each.
 
@@ -115,7 +116,7 @@ def translate(
     the generated tokens are decoded, up to the first EOS, and stripped.
 
     Returns `list[str]` of `len(sources)`, or `list[list[str]]` (`num_return_sequences` per
-    source) when `num_return_sequences > 1`.
+    source) when `num_return_sequences > 1`. `progress`: a label shows a progress bar (sentences).
     """
     if isinstance(sources, str):
         raise TypeError("sources must be a list of strings, not a single string")
@@ -149,6 +150,9 @@ def translate(
     # ends, which tracks source length. Outputs go back to the caller's order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list = [None] * len(prompts)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(prompts), desc=progress, unit="sent", disable=progress is None)
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
@@ -161,7 +165,9 @@ def translate(
             n = num_return_sequences
             for j, i in enumerate(chunk):
                 outputs[i] = texts[j] if n == 1 else texts[j * n:(j + 1) * n]
+            bar.update(len(chunk))
     finally:
+        bar.close()
         model.train(was_training)
     return outputs
 
@@ -173,6 +179,7 @@ def evaluate_translation(
     max_new_tokens: int = 64,
     batch_size: int = 32,
     return_hypotheses: bool = False,
+    progress: str | None = None,
 ) -> dict:
     """Greedy-translate `examples` (`TranslationExample`s, any mix of directions) and score them.
 
@@ -194,6 +201,7 @@ def evaluate_translation(
         out = translate(
             model, tokenizer, [examples[i].source for i in idx], src, tgt,
             max_new_tokens=max_new_tokens, batch_size=batch_size,
+            progress=f"{progress} {src}->{tgt}" if progress else None,
         )
         for i, h in zip(idx, out):
             hyps[i] = h
