@@ -9,8 +9,10 @@ policy, value head on the policy's trunk (`value_head_on_policy`), adapter-off r
 
     update_before   the update's old pass: the policy's forward, full fp32 log_softmax + gather +
                     entropy, then the value model's own trunk pass; backward of both losses
-    update_now      `logprobs_and_values`: one trunk pass, head and log-softmax in checkpointed
-                    chunks; the same backward
+    update_recompute  `logprobs_and_values`: one trunk pass, head and log-softmax in chunks whose
+                    logits the backward recomputes (`KEEP_LOGITS_BYTES = 0`); the same backward
+    update_now      the same with the default `KEEP_LOGITS_BYTES` (1 GiB): the backward reuses the
+                    forward's chunk logits when they fit, one head matmul fewer
     ref_before      no-grad reference pass, full fp32 log_softmax + gather
     ref_now         no-grad `response_logprobs(Reference(policy))`, chunked
 
@@ -29,7 +31,7 @@ import time
 
 from memory import reset_peak, rss_mib  # benchmarks/memory.py: /proc readings
 
-CASES = ("update_before", "update_now", "ref_before", "ref_now")
+CASES = ("update_before", "update_recompute", "update_now", "ref_before", "ref_now")
 
 
 def before_logprobs(model, ids, mask, n, temperature, with_entropy):
@@ -57,6 +59,12 @@ def child(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    import ppolab.token_attribution.logprobs as lp_mod
+
+    if args.child == "update_recompute":
+        lp_mod.KEEP_LOGITS_BYTES = 0
+    if args.chunk_elements:
+        lp_mod.CHUNK_ELEMENTS = args.chunk_elements
     cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
                       num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=4,
                       tie_word_embeddings=True, attn_implementation="sdpa")
@@ -113,6 +121,8 @@ def main() -> None:
     ap.add_argument("--response-len", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunk-elements", type=int, default=0, help="override CHUNK_ELEMENTS (0: the default)")
+    ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -122,26 +132,25 @@ def main() -> None:
            # As in benchmarks/memory.py: every tensor >= 128 KiB in its own mapping, so RSS counts live tensors.
            "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     rows = {}
-    for case in CASES:
+    for case in args.cases.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", case] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "child"]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "cases")]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"{case} failed:\n{out.stderr[-3000:]}")
         rows[case] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{case:<14} peak {rows[case]['peak_mib']:8.1f} MiB  {rows[case]['seconds']:.3f} s", file=sys.stderr)
     fp32_btv = args.batch * args.response_len * args.vocab * 4 / 2**20
-    print(json.dumps({
-        "model": f"llama {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}, LoRA r8, fp32, CPU",
-        "batch": args.batch, "prompt_tokens": args.prompt_len, "response_tokens": args.response_len,
-        "one_fp32_BTV_mib": round(fp32_btv, 1),
-        "cases": rows,
-        "update_peak_ratio_now_over_before": round(rows["update_now"]["peak_mib"] / rows["update_before"]["peak_mib"], 3),
-        "ref_peak_ratio_now_over_before": round(rows["ref_now"]["peak_mib"] / rows["ref_before"]["peak_mib"], 3),
-        "update_time_ratio_now_over_before": round(rows["update_now"]["seconds"] / rows["update_before"]["seconds"], 3),
-        "ref_time_ratio_now_over_before": round(rows["ref_now"]["seconds"] / rows["ref_before"]["seconds"], 3),
-    }))
-
+    ratio = lambda a, b: round(rows[a][k] / rows[b][k], 3) if a in rows and b in rows else None  # noqa: E731
+    out = {"model": f"llama {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}, LoRA r8, fp32, CPU",
+           "batch": args.batch, "prompt_tokens": args.prompt_len, "response_tokens": args.response_len,
+           "chunk_elements": args.chunk_elements or None, "one_fp32_BTV_mib": round(fp32_btv, 1), "cases": rows}
+    for k, what in (("peak_mib", "peak"), ("seconds", "time")):
+        out[f"update_{what}_ratio_now_over_before"] = ratio("update_now", "update_before")
+        out[f"ref_{what}_ratio_now_over_before"] = ratio("ref_now", "ref_before")
+    k = "seconds"
+    out["update_time_ratio_now_over_recompute"] = ratio("update_now", "update_recompute")
+    print(json.dumps(out))
 
 if __name__ == "__main__":
     main()

@@ -97,10 +97,13 @@ def test_split_head_gives_the_models_own_logits(arch, lora, trim):
         assert torch.allclose(head(hidden), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 40])  # backward recomputes the logits / reuses the forward's
 @pytest.mark.parametrize("chunk_rows", [1, 4, 10_000])  # one row, a ragged last chunk, one chunk
 @pytest.mark.parametrize("arch,lora", SETUPS)
-def test_chunked_logprobs_and_entropy_equal_full_log_softmax_with_gradients(monkeypatch, arch, lora, chunk_rows):
+def test_chunked_logprobs_and_entropy_equal_full_log_softmax_with_gradients(monkeypatch, arch, lora, chunk_rows,
+                                                                             keep_bytes):
     monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
+    monkeypatch.setattr(lp_mod, "KEEP_LOGITS_BYTES", keep_bytes)
     policy = make_policy(arch, lora)
     params = [p for p in policy.parameters() if p.requires_grad]
     ids, mask = batch()
@@ -124,13 +127,15 @@ def test_chunked_logprobs_of_given_logits(monkeypatch, chunk_rows):
     assert torch.allclose(g, logits.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 40])
 @pytest.mark.parametrize("chunk_rows", [4, 10_000])
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
-def test_trimmed_head_logprobs_equal_the_full_log_softmax(monkeypatch, arch, chunk_rows):
+def test_trimmed_head_logprobs_equal_the_full_log_softmax(monkeypatch, arch, chunk_rows, keep_bytes):
     """A TrimmedLMHead is read on its kept columns (llama, gemma3) or whole (gemma2's softcap maps
     the -1e4 fill to -30, a real logit); either way equal to log_softmax over the model's V logits,
     for kept and dropped targets, with gradients."""
     monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
+    monkeypatch.setattr(lp_mod, "KEEP_LOGITS_BYTES", keep_bytes)
     policy = make_policy(arch, lora=True)
     trim_output_vocabulary(policy.get_base_model(), [i for i in range(512) if i % 4 != 1])
     head, keep_ids, V = lp_mod.logprob_head(policy)
@@ -141,9 +146,11 @@ def test_trimmed_head_logprobs_equal_the_full_log_softmax(monkeypatch, arch, chu
     assert_logprobs_match_slow(policy, params, ids, mask)
 
 
-def test_a_trainable_head_on_frozen_features_gets_its_gradient(monkeypatch):
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 40])
+def test_a_trainable_head_on_frozen_features_gets_its_gradient(monkeypatch, keep_bytes):
     """Only the head trains (the input needs no gradient): its gradient still comes back."""
     monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 40 * 3)
+    monkeypatch.setattr(lp_mod, "KEEP_LOGITS_BYTES", keep_bytes)
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 40, bias=False)
     x, targets = torch.randn(2, 5, 8), torch.randint(0, 40, (2, 5))
@@ -185,6 +192,7 @@ def ppo_loss(logprobs, entropy, values, mask, seed=2):
 @pytest.mark.parametrize("arch,lora", SETUPS)
 def test_fused_pass_equals_two_passes_in_losses_and_gradients(monkeypatch, arch, lora, chunk_rows):
     monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 512 * chunk_rows)
+    monkeypatch.setattr(lp_mod, "KEEP_LOGITS_BYTES", 1 << 40 if chunk_rows == 4 else 0)
     policy = make_policy(arch, lora)
     value = nonzero_value_head(value_head_on_policy(policy))
     params = [p for p in policy.parameters() if p.requires_grad] + list(value.head.parameters())
@@ -344,3 +352,21 @@ def test_sampling_among_kept_columns_is_the_full_vocabularys_distribution(top_k,
     fa, fb = torch.bincount(a, minlength=10) / n, torch.bincount(b, minlength=10) / n
     assert fb[[1, 4, 6, 7]].sum() == 0
     assert torch.allclose(fa, fb, atol=0.01), (fa, fb)
+
+
+@pytest.mark.parametrize("keep_bytes,calls_per_chunk", [(0, 2), (1 << 40, 1), (40 * 10 * 4 - 1, 2)])
+def test_the_backward_reuses_the_forwards_head_output_when_it_fits(monkeypatch, keep_bytes, calls_per_chunk):
+    """KEEP_LOGITS_BYTES: within it, the head runs once per chunk for forward + backward (not twice)."""
+    monkeypatch.setattr(lp_mod, "CHUNK_ELEMENTS", 40 * 3)
+    monkeypatch.setattr(lp_mod, "KEEP_LOGITS_BYTES", keep_bytes)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 40, bias=False)
+    calls = []
+    head.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(2, 5, 8, requires_grad=True)  # 10 rows of 40 logits: 4 chunks of 3 rows
+    targets = torch.randint(0, 40, (2, 5))
+    lp = token_logprobs(x, targets, 1.0, head, vocab_size=40)
+    lp.sum().backward()
+    assert len(calls) == 4 * calls_per_chunk
+    expected = torch.func.grad(lambda x: F.log_softmax(head(x), -1).gather(-1, targets[..., None]).sum())(x.detach())
+    assert torch.allclose(x.grad, expected, atol=1e-6)

@@ -5,9 +5,10 @@ Two savings over "forward, log_softmax, gather":
 - chunked log-softmax: `log p(target) = logit[target] - logsumexp(logits)` over a few rows at a
   time, so no `[B, T, V]` fp32 log-softmax (nor its `exp` for the entropy) is ever whole. When the
   head can be split off the model (`output_head`), the head runs chunk by chunk too, and with
-  gradients the graph keeps only the hidden states `[B, T, H]`: the backward recomputes one chunk's
-  logits at a time (`_ChunkedLogprobs`). With Gemma's 262k vocabulary one fp32 `[16, 64, V]` is
-  1.07 GB; a vocabulary-trimmed head is read on its kept columns only;
+  gradients the graph keeps the hidden states `[B, T, H]` and, when they fit `KEEP_LOGITS_BYTES`,
+  the chunks' logits for the backward (else it recomputes them, one chunk at a time:
+  `_ChunkedLogprobs`), never the fp32 log-softmax and its exp. With Gemma's 262k vocabulary one
+  fp32 `[16, 64, V]` is 1.07 GB; a vocabulary-trimmed head is read on its kept columns only;
 - fused trunk pass: with a value head on the policy's own trunk (`value_head_on_policy`), one trunk
   forward gives both the response log-probs and the values (`logprobs_and_values`).
 """
@@ -22,9 +23,16 @@ from torch import nn
 from ..models.builders import Reference, base_trunk, is_peft, position_ids_from_mask
 from ..models.vocab_trim import EXCLUDED_LOGIT, TrimmedLMHead
 
-# Elements of fp32 logits per chunk (32 MB): a small vocabulary is one chunk (no overhead), Gemma's
-# 262k vocabulary is 32 rows at a time.
-CHUNK_ELEMENTS = 1 << 23
+# Elements of fp32 logits per chunk (128 MB): a small vocabulary is one chunk (no overhead), Gemma's
+# 262k vocabulary is 128 rows at a time. 32-row chunks made the head's matmuls so thin that a
+# 262k-vocabulary reference pass was 1.17x slower than one whole log-softmax; 128 rows is 0.84x
+# (benchmarks/logprob_memory_gemma_head.json).
+CHUNK_ELEMENTS = 1 << 25
+# With gradients, a forward whose fp32 logits `[N, V]` fit in this many bytes keeps each chunk's
+# head output (and its graph) for the backward instead of recomputing it there: one head matmul
+# fewer per update (Gemma: a 262k x 640 matmul per response token, about a fifth of a LoRA
+# update's compute), for at most this much memory. 0: always recompute (least memory).
+KEEP_LOGITS_BYTES = 1 << 30
 
 # Model types whose CausalLM forward is exactly `lm_head(trunk(...).last_hidden_state)`, followed by
 # Gemma's `tanh(logits / c) * c` when `config.final_logit_softcapping` is set. Others (a logit
@@ -92,19 +100,28 @@ class _ChunkedLogprobs(torch.autograd.Function):
     """x `[N, D]` -> (log-probs `[N]`, entropy `[N]`) of targets `[N]` under softmax(head(x) / temperature).
 
     Forward and backward go `rows` at a time, and the graph keeps x and two numbers per row (the
-    log-sum-exp and E_p[z]), never the `[N, V]` logits: the backward recomputes one chunk's logits
-    and applies the closed-form gradients, with z = logits / temperature and p = softmax(z):
+    log-sum-exp and E_p[z]); the backward recomputes one chunk's logits (or, with `keep_logits`,
+    reuses the chunk's head output kept from the forward: `KEEP_LOGITS_BYTES`) and applies the
+    closed-form gradients, with z = logits / temperature and p = softmax(z):
         d logp(target) / dz = onehot(target) - p,      d entropy / dz = -p * (z - E_p[z]).
     Gradients reach x, and any trainable head parameters (a full policy's tied embeddings) by a
     backward through the recomputed head, as a reentrant checkpoint does.
     """
 
     @staticmethod
-    def forward(ctx, x, targets, head, keep_ids, excluded, temperature, rows, with_entropy):
+    def forward(ctx, x, targets, head, keep_ids, excluded, temperature, rows, with_entropy, keep_logits):
         ctx.set_materialize_grads(False)
         lps, ents, lses, means = [], [], [], []
+        ctx.kept = []  # (chunk input, its head output with graph) per chunk, when keep_logits
         for i in range(0, x.shape[0], rows):
-            z = _scaled_logits(head, x[i : i + rows], temperature)
+            if keep_logits:
+                with torch.enable_grad():  # the chunk's own small graph, reused by the backward
+                    xc = x[i : i + rows].detach().requires_grad_(x.requires_grad)
+                    zg = _scaled_logits(head, xc, temperature)
+                ctx.kept.append((xc, zg))
+                z = zg.detach()
+            else:
+                z = _scaled_logits(head, x[i : i + rows], temperature)
             col, kept = _target_columns(targets[i : i + rows], keep_ids, z.shape[-1])
             # One exp per logit for both the log-sum-exp and E_p[z] (the entropy is lse - E_p[z]).
             m = z.amax(-1, keepdim=True)
@@ -126,11 +143,15 @@ class _ChunkedLogprobs(torch.autograd.Function):
     def backward(ctx, g_lp, g_ent):
         x, targets, lse, mean = ctx.saved_tensors
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        for i in range(0, x.shape[0], ctx.rows):
+        for k, i in enumerate(range(0, x.shape[0], ctx.rows)):
             sl = slice(i, i + ctx.rows)
-            with torch.enable_grad():
-                xc = x[sl].detach().requires_grad_(grad_x is not None)
-                z = _scaled_logits(ctx.head, xc, ctx.temperature)
+            if ctx.kept:
+                xc, z = ctx.kept[k]
+                ctx.kept[k] = None  # freed chunk by chunk
+            else:
+                with torch.enable_grad():
+                    xc = x[sl].detach().requires_grad_(grad_x is not None)
+                    z = _scaled_logits(ctx.head, xc, ctx.temperature)
             if not z.requires_grad:
                 continue
             with torch.no_grad():  # g = dL/dz = -p * (g_lp + g_ent * (z - E_p[z])) + g_lp * onehot
@@ -150,7 +171,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             torch.autograd.backward(z, g)
             if grad_x is not None:
                 grad_x[sl] = xc.grad
-        return grad_x, None, None, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None, None, None
 
 
 def token_logprobs(
@@ -177,7 +198,12 @@ def token_logprobs(
         # Only the head trains (LoRA on lm_head alone): the Function is in the graph only if an
         # input needs a gradient, and its backward is what reaches the head's weights.
         flat = flat.detach().requires_grad_()
-    lp, ent = _ChunkedLogprobs.apply(flat, flat_t, head, keep_ids, EXCLUDED_LOGIT, temperature, rows, with_entropy)
+    width = vocab_size or x.shape[-1]
+    # Keep the chunks' head outputs for the backward only where there will be one and they fit.
+    keep_logits = (head is not None and torch.is_grad_enabled() and flat.requires_grad
+                   and flat.shape[0] * width * 4 <= KEEP_LOGITS_BYTES)
+    lp, ent = _ChunkedLogprobs.apply(flat, flat_t, head, keep_ids, EXCLUDED_LOGIT, temperature, rows, with_entropy,
+                                     keep_logits)
     lp = lp.reshape(B, T)
     return (lp, ent.reshape(B, T)) if with_entropy else lp
 
