@@ -40,6 +40,7 @@ def main() -> None:
 
     from ppolab.config import GenerationConfig, ModelConfig
     from ppolab.data import build_prompt, load_shipped_corpus, stops_at_newline
+    from ppolab.models.builders import position_ids_from_mask
     from ppolab.models.vocab_trim import arabic_output_token_ids, trim_output_vocabulary
     from ppolab.sft import load_sft
     from ppolab.token_attribution.generator import SequenceGenerator, response_mask
@@ -76,7 +77,7 @@ def main() -> None:
         for s in range(0, len(prompts), args.batch):
             ids = torch.cat([prompt_ids[s:s + args.batch], response[s:s + args.batch]], 1)
             att = torch.cat([prompt_mask[s:s + args.batch], mask[s:s + args.batch]], 1)
-            pos = (att.cumsum(-1) - 1).clamp(min=0)
+            pos = position_ids_from_mask(att)
             m = mask[s:s + args.batch].bool()
             tgt = response[s:s + args.batch]
             lp = {}

@@ -333,20 +333,25 @@ def test_checkpoints_of_critic_free_stages_round_trip(tmp_path):
         _load_checkpoint(tmp_path / "c.pt", trainer(value=True))
 
 
+def _kill_once_at_step_2(monkeypatch, stage: str) -> None:
+    """The first time `stage` logs its step-2 row, the process 'dies' (after the step's checkpoint)."""
+    real_log, killed = Run.log, []
+
+    def die_at_step_2(self, name, record):
+        if name == stage and record.get("step") == 2 and not killed:
+            killed.append(True)
+            raise KeyboardInterrupt("killed")
+        real_log(self, name, record)
+
+    monkeypatch.setattr(Run, "log", die_at_step_2)
+
+
 def test_a_critic_free_stage_resumes_after_a_kill(finished_run, monkeypatch):
     from ppolab.pipeline import stages
 
     run, cfg, _ = finished_run
     cfg = merge(cfg, {"ppo": {"steps": 3, "advantage_estimator": "grpo", "group_size": 2}})
-    real_log, killed = Run.log, []
-
-    def die_at_step_2(self, stage, record):
-        if stage == "ppo_grpo" and record.get("step") == 2 and not killed:
-            killed.append(True)
-            raise KeyboardInterrupt("killed")
-        real_log(self, stage, record)
-
-    monkeypatch.setattr(Run, "log", die_at_step_2)
+    _kill_once_at_step_2(monkeypatch, "ppo_grpo")
     args = (run, cfg, "ppo_grpo", run / "sft", run / "reward_model_coldstart", run / "ppo_grpo_out", 3, 1e-5)
     with pytest.raises(KeyboardInterrupt):
         stages.stage_ppo(*args)
@@ -359,15 +364,7 @@ def test_a_stage_on_model_plus_chrf_logs_both_parts_and_resumes_with_the_same_no
 
     run, cfg, _ = finished_run
     cfg = merge(cfg, {"ppo": {"steps": 3, "reward": "model+chrf", "chrf_weight": 0.25}})
-    real_log, killed = Run.log, []
-
-    def die_at_step_2(self, stage, record):
-        if stage == "ppo_mix" and record.get("step") == 2 and not killed:
-            killed.append(True)
-            raise KeyboardInterrupt("killed")
-        real_log(self, stage, record)
-
-    monkeypatch.setattr(Run, "log", die_at_step_2)
+    _kill_once_at_step_2(monkeypatch, "ppo_mix")
     args = (run, cfg, "ppo_mix", run / "sft", run / "reward_model_coldstart", run / "ppo_mix_out", 3, 1e-5)
     with pytest.raises(KeyboardInterrupt):
         stages.stage_ppo(*args)

@@ -323,7 +323,7 @@ def _ppo_reward(run: Run, cfg: dict, stage: str, p: dict, rm: RewardModel, polic
         raise UserError(f"setting ppo.reward = {kind!r}: expected one of {REWARDS}")
     if kind == "model":
         return rm
-    refs = {build_prompt(ex.source, ex.src_lang, ex.tgt_lang, tok): ex.target for ex in _split(cfg, "train")}
+    refs = dict(zip(_ppo_prompts(cfg, tok), (ex.target for ex in _split(cfg, "train"))))  # the prompts PPO passes
     norm_file = run / f"{stage}_chrf_norm.json"
     if norm_file.exists():
         norm = json.loads(norm_file.read_text())

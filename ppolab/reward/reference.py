@@ -42,7 +42,7 @@ class ReferenceChrF:
         refs = []
         for i, p in enumerate(prompts):
             if p not in self.references:
-                raise KeyError(f"ReferenceChrF: prompts[{i}] has no reference (first 80 chars: {p[-80:]!r})")
+                raise KeyError(f"ReferenceChrF: prompts[{i}] has no reference (its last 80 characters: {p[-80:]!r})")
             refs.append(self.references[p])
         return sentence_chrf([r.strip() for r in responses], refs)
 
