@@ -38,27 +38,50 @@ def _config_file(path: Path) -> dict:
     return data
 
 
-def _settings(args) -> dict:
-    from .config import ConfigError
-    from .pipeline.presets import get_preset, merge, parse_override
-    from .pipeline.validate import validate_settings
+# Flags kept as shorthands of settings: (argparse dest, section, key); None = not given.
+SHORTHANDS = {"dpo": (("beta", "dpo", "beta"), ("lr", "dpo", "lr"), ("epochs", "dpo", "epochs"),
+                      ("loss_type", "dpo", "loss_type")),
+              "orpo": (("beta", "orpo", "beta"), ("lr", "orpo", "lr"), ("epochs", "orpo", "epochs"))}
 
-    cfg = get_preset(args.preset)
+
+def _settings(args):
+    """The run's PipelineConfig: the preset, then `--config`, `--set` and shorthand flags, all
+    read by the one strict loader (ppolab.pipeline.config.config_from_dict)."""
+    from .config import ConfigError
+    from .pipeline.config import config_from_dict, merge, parse_override
+    from .pipeline.presets import preset_dict
+
+    data = preset_dict(args.preset)
     if getattr(args, "config", None):
         path = Path(args.config)
+        data = merge(data, _config_file(path))
         try:
-            cfg = merge(cfg, _config_file(path))
+            config_from_dict(data)  # the preset is valid: an error here is the file's
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     for item in getattr(args, "set", None) or []:
-        cfg = merge(cfg, parse_override(item))
-    return validate_settings(cfg)
+        data = merge(data, parse_override(item))
+    for dest, section, key in SHORTHANDS.get(args.command, ()):
+        if getattr(args, dest, None) is not None:
+            data = merge(data, {section: {key: getattr(args, dest)}})
+    return config_from_dict(data)
+
+
+def _show_config(args, cfg) -> bool:
+    """`--show-config`: print the resolved settings as JSON (and run nothing)."""
+    if not getattr(args, "show_config", False):
+        return False
+    from .pipeline.config import config_to_dict
+
+    print(json.dumps(config_to_dict(cfg), indent=2))
+    return True
 
 
 def _add_settings(p: argparse.ArgumentParser, run_required: bool = True) -> None:
     p.add_argument("--preset", default="cpu-test", help="cpu-test (default), fast, research, production, gemma-cpu (the `gemma` extra)")
     p.add_argument("--config", help="JSON or YAML file of settings overriding the preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting, e.g. ppo.steps=10")
+    p.add_argument("--show-config", action="store_true", help="print the resolved settings as JSON and exit")
     if run_required:
         p.add_argument("--run", required=True, help="run directory")
 
@@ -68,6 +91,8 @@ def cmd_demo(args) -> int:
     from .pipeline.report import targets
 
     cfg = _settings(args)
+    if _show_config(args, cfg):
+        return 0
     run = Run(args.out, cfg)
     t0 = time.time()
     run_pipeline(run, cfg)
@@ -89,6 +114,8 @@ def cmd_stage(args) -> int:
     from .pipeline import Run, run_pipeline
 
     cfg = _settings(args)
+    if _show_config(args, cfg):
+        return 0
     run = Run(args.run, cfg)
     stage = "ppo_final" if args.command == "ppo" and args.final else STAGE_COMMANDS[args.command]
     results = run_pipeline(run, cfg, only=[stage])
@@ -97,21 +124,31 @@ def cmd_stage(args) -> int:
 
 
 def cmd_preference(args) -> int:
-    """DPO or ORPO from the SFT model on the run's synthetic preferences."""
+    """DPO or ORPO from the SFT model on the run's synthetic preferences, with the run's `model`
+    section (LoRA, dtype, quantisation, vocabulary trim) applied exactly as in the PPO stages."""
+    import dataclasses
+
+    from .models import wrap_lora
     from .pipeline.stages import _evaluate, _load_policy, _rm_pair
-    from .preference import DPOConfig, ORPOConfig, train_dpo, train_orpo
+    from .preference import train_dpo, train_orpo
+    from .sft import save_sft
     from .synthetic import load_preferences
 
     cfg = _settings(args)
+    if _show_config(args, cfg):
+        return 0
     run = Path(args.run)
-    policy, tok = _load_policy(run / "sft")
+    policy, tok = _load_policy(run / "sft", cfg)
+    if cfg.model.lora:  # the reference is then the base with the adapter off, as in PPO
+        policy = wrap_lora(policy, cfg.model)
     pairs = [_rm_pair(p) for p in load_preferences(run / "synthetic_preferences.jsonl")]
     out = run / f"{args.command}_model"
-    if args.command == "dpo":
-        history = train_dpo(policy, tok, pairs, DPOConfig(beta=args.beta, lr=args.lr, epochs=args.epochs,
-                                                          loss_type=args.loss_type), out_dir=out)
-    else:
-        history = train_orpo(policy, tok, pairs, ORPOConfig(beta=args.beta, lr=args.lr, epochs=args.epochs), out_dir=out)
+    section = getattr(cfg, args.command)
+    history = (train_dpo if args.command == "dpo" else train_orpo)(policy, tok, pairs, section)
+    if hasattr(policy, "merge_and_unload"):
+        policy = policy.merge_and_unload()
+    save_sft(policy, tok, out, extra={"training_log.json": {"trainer": args.command, "history": history,
+                                                             "config": dataclasses.asdict(section)}})
     ev = _evaluate(policy, tok, cfg)
     print(json.dumps({"model": str(out), "steps": len(history), "last": history[-1] if history else None,
                       "chrf_test": ev["chrf"], "bleu_test": ev["bleu"]}, indent=2, default=float))
@@ -271,11 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("dpo", "orpo"):
         p = sub.add_parser(name, help=f"{name.upper()} from the SFT model on the run's synthetic preferences")
         _add_settings(p)
-        p.add_argument("--beta", type=float, default=0.1)
-        p.add_argument("--lr", type=float, default=5e-6 if name == "dpo" else 8e-6)
-        p.add_argument("--epochs", type=int, default=1)
+        # shorthands of --set {name}.beta=... etc. (SHORTHANDS); unset: the settings' value
+        p.add_argument("--beta", type=float, help=f"= --set {name}.beta=...")
+        p.add_argument("--lr", type=float, help=f"= --set {name}.lr=...")
+        p.add_argument("--epochs", type=int, help=f"= --set {name}.epochs=...")
         if name == "dpo":
-            p.add_argument("--loss-type", default="sigmoid", choices=["sigmoid", "ipo"])
+            p.add_argument("--loss-type", choices=["sigmoid", "ipo"], help="= --set dpo.loss_type=...")
         p.set_defaults(fn=cmd_preference)
 
     p = sub.add_parser("translate", help="N candidates ranked by the reward model")

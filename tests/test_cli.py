@@ -46,7 +46,9 @@ def test_evaluate_reads_a_flores_style_tsv(tmp_path, capsys):
 
 def test_unknown_override_is_a_clear_error(tmp_path, capsys):
     assert main(["sft", "--run", str(tmp_path), "--set", "ppo.nope=1"]) == 1
-    assert capsys.readouterr().err == "error: unknown setting 'ppo.nope'\n"
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown setting 'ppo.nope'; the settings of ppo are: ") and err.count("\n") == 1
+    assert "clip_eps, " in err  # the known keys, from the dataclasses
 
 
 # -- user errors: one line naming the file or setting, exit 1, no traceback (item 5, 6, 9) -----------
@@ -91,37 +93,47 @@ def test_bad_settings_fail_before_any_stage_with_one_line(tmp_path, capsys, sett
 
 
 def test_settings_with_null_defaults_accept_null_and_their_type():
-    from ppolab.pipeline.presets import get_preset, merge
-    from ppolab.pipeline.validate import validate_settings
+    from ppolab.pipeline import PRESETS, resolve
 
     for override in ({"eval": {"test_limit": 5}}, {"eval": {"test_limit": None}}, {"synth": {"n_sources": None}},
                      {"sft": {"eval_limit": None}}, {"ppo": {"lr": 1}}):
-        validate_settings(merge(get_preset("cpu-test"), override))
-    for name in ("cpu-test", "fast", "research", "production"):
-        validate_settings(get_preset(name))
+        resolve("cpu-test", override)
+    for name in PRESETS:
+        resolve(name)
 
 
-def test_a_new_preset_key_is_checked_by_the_type_of_its_default(monkeypatch):
+def test_a_field_added_to_a_section_dataclass_is_settable_and_typed_by_its_annotation():
+    """No list of settings to keep: a new field of a section's dataclass is read by the loader at once."""
+    import dataclasses
+
     from ppolab.config import ConfigError
-    from ppolab.pipeline import presets
-    from ppolab.pipeline.validate import validate_settings
+    from ppolab.pipeline.config import EvalConfig, PipelineConfig, config_from_dict
 
-    extra = presets.get_preset("fast")
-    extra["eval"]["brand_new_limit"] = 50
-    monkeypatch.setitem(presets.PRESETS, "extra", extra)
-    validate_settings(presets.merge(extra, {"eval": {"brand_new_limit": 10}}))
+    @dataclasses.dataclass
+    class Eval2(EvalConfig):
+        brand_new_limit: int = 50
+
+    @dataclasses.dataclass
+    class Tree(PipelineConfig):
+        eval: Eval2 = dataclasses.field(default_factory=Eval2)
+
+    assert config_from_dict({"eval": {"brand_new_limit": 10}}, Tree).eval.brand_new_limit == 10
     with pytest.raises(ConfigError, match="eval.brand_new_limit = 'all': expected an integer"):
-        validate_settings(presets.merge(extra, {"eval": {"brand_new_limit": "all"}}))
+        config_from_dict({"eval": {"brand_new_limit": "all"}}, Tree)
 
 
 def test_the_pipeline_itself_refuses_bad_settings(tmp_path):
+    import dataclasses
+
     from ppolab.config import ConfigError
     from ppolab.pipeline import Run, get_preset, run_pipeline
-    from ppolab.pipeline.presets import merge
 
-    cfg = merge(get_preset("fast"), {"ppo": {"steps": 0}})
+    cfg = get_preset("fast")
+    cfg = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, steps=0))  # built around the loader
     with pytest.raises(ConfigError, match="ppo.steps = 0"):
         run_pipeline(Run(tmp_path, cfg), cfg)
+    with pytest.raises(ConfigError, match="ppo.steps = 0"):
+        run_pipeline(Run(tmp_path, {}), {"ppo": {"steps": 0}})  # a plain dict goes through the loader
     assert not (tmp_path / "sft").exists()
 
 
@@ -129,6 +141,7 @@ def test_the_pipeline_itself_refuses_bad_settings(tmp_path):
     ("[1, 2]", "expected an object of settings"),
     ('{"ppo": {"steps": }', ":1: invalid JSON"),
     ('{"ppo": {"stepz": 1}}', "unknown setting 'ppo.stepz'"),
+    ('{"ppo": {"steps": "ten"}}', "setting ppo.steps = 'ten': expected an integer"),
 ])
 def test_a_bad_config_file_is_named(tmp_path, capsys, content, expected):
     path = tmp_path / "settings.json"

@@ -1,10 +1,11 @@
 """The whole loop end to end on micro settings: files, report keys, skip on re-run, PPO resume."""
+import dataclasses
 import json
 
 import pytest
 
-from ppolab.pipeline import Run, get_preset, run_pipeline, write_report
-from ppolab.pipeline.presets import merge, parse_override
+from ppolab.pipeline import Run, get_preset, resolve, run_pipeline, write_report
+from ppolab.pipeline.config import parse_override
 
 MICRO = {
     "tokenizer": {"vocab_size": 400},
@@ -13,12 +14,18 @@ MICRO = {
     "sft": {"epochs": 1, "batch_size": 32, "eval_limit": 4, "max_length": 192},
     "synth": {"n_sources": 8, "candidates_per_source": 3, "min_gap": 0.001, "max_new_tokens": 8, "batch_size": 8},
     "reward_model": {"epochs": 1, "batch_size": 8, "normalize_samples": 4, "val_fraction": 0.3},
-    "ppo": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "max_new_tokens": 8},
+    "ppo": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1},
+    "generation": {"max_new_tokens": 8},
     "feedback": {"items": 4, "candidates": 3, "custom_every": 2},
     "reward_model_human": {"epochs": 1, "batch_size": 4, "val_fraction": 0.5, "mix_synthetic": 4},
     "ppo_final": {"steps": 2, "batch_size": 4, "minibatch_size": 2},
     "eval": {"test_limit": 4, "max_new_tokens": 8},
 }
+
+def _ppo(cfg, **changes):
+    """The run's cold-start PPO section with `changes` (lr 1e-5, as a short test stage wants)."""
+    return dataclasses.replace(cfg.ppo, **{"lr": 1e-5, **changes})
+
 
 REPORT_KEYS = {
     "sft": {"chrf_test", "bleu_test"},
@@ -33,7 +40,7 @@ REPORT_KEYS = {
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    cfg = merge(get_preset("fast"), MICRO)
+    cfg = resolve("fast", MICRO)
     run = Run(tmp_path_factory.mktemp("run"), cfg)
     run_pipeline(run, cfg)
     return run, cfg, write_report(run)
@@ -81,7 +88,7 @@ def test_ppo_resumes_after_a_crash(finished_run, monkeypatch):
     from ppolab.pipeline import stages
     from ppolab.ppo import PPOTrainer
 
-    cfg = merge(cfg, {"ppo": {"steps": 3}})
+    section = _ppo(cfg, steps=3)
     real_step, calls = PPOTrainer.ppo_step, {"n": 0}
 
     def crashing_step(self, prompts):
@@ -93,9 +100,9 @@ def test_ppo_resumes_after_a_crash(finished_run, monkeypatch):
     monkeypatch.setattr(PPOTrainer, "ppo_step", crashing_step)
     out = run / "ppo_resume_test"
     with pytest.raises(KeyboardInterrupt):
-        stages.stage_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, 3, 1e-5)
+        stages.stage_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, section)
     assert (run / ".ppo_resume.checkpoint.pt").exists() and not out.exists()
-    result = stages.stage_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, 3, 1e-5)
+    result = stages.stage_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, section)
     steps = [r["step"] for r in run.metrics("ppo_resume") if "score_mean" in r]
     assert steps == [1, 2, 3] and out.exists() and result["steps"] == 3
 
@@ -119,10 +126,10 @@ def test_ppo_killed_after_recording_resumes_without_duplicate_rollouts(finished_
     monkeypatch.setattr(PPOTrainer, "ppo_step", killed_after_step)
     out = run / "ppo_rec_test"
     with pytest.raises(KeyboardInterrupt):
-        stages.stage_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, 3, 1e-5)
+        stages.stage_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, _ppo(cfg, steps=3))
     recorded = [(s.stage, s.step) for s in load_rollouts(run / "rollouts.jsonl")]
     assert ("ppo_rec", 2) in recorded  # step 2's rollouts were on disk when the process died
-    stages.stage_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, 3, 1e-5)
+    stages.stage_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, _ppo(cfg, steps=3))
     lines = [json.loads(line) for line in (run / "rollouts.jsonl").read_text(encoding="utf-8").splitlines()]
     mine = [(r["step"], r["type"], r.get("index")) for r in lines if r["stage"] == "ppo_rec"]
     assert len(mine) == len(set(mine)) and sorted({s for s, *_ in mine}) == [1, 2, 3]
@@ -132,7 +139,7 @@ def test_ppo_killed_after_recording_resumes_without_duplicate_rollouts(finished_
 def test_settings_overrides_name_unknown_keys():
     assert parse_override("ppo.steps=7") == {"ppo": {"steps": 7}}
     with pytest.raises(ValueError, match="ppo.stepz"):
-        merge(get_preset("cpu-test"), parse_override("ppo.stepz=7"))
+        resolve("cpu-test", parse_override("ppo.stepz=7"))
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")
 
@@ -164,7 +171,7 @@ def test_each_stage_starts_from_its_own_seed(tmp_path, monkeypatch):
     for name in ("stage_base", "stage_sft", "stage_synth", "stage_reward_model", "stage_ppo", "stage_feedback",
                  "stage_reward_model_human"):
         monkeypatch.setattr(stages, name, draw)
-    cfg = merge(get_preset("fast"), MICRO)
+    cfg = resolve("fast", MICRO)
     fresh = Run(tmp_path / "fresh", cfg)
     run_pipeline(fresh, cfg)
     resumed = Run(tmp_path / "resumed", cfg)
@@ -187,9 +194,9 @@ def test_a_kill_between_metrics_row_and_checkpoint_changes_no_figure(finished_ru
     from ppolab.pipeline import stages
 
     run, cfg, _ = finished_run
-    cfg = merge(cfg, {"ppo": {"steps": 3}})
+    section = _ppo(cfg, steps=3)
     args = (run / "sft", run / "reward_model_coldstart")
-    clean = stages.stage_ppo(run, cfg, "ppo_clean", *args, run / "ppo_clean_out", 3, 1e-5)
+    clean = stages.stage_ppo(run, cfg, "ppo_clean", *args, run / "ppo_clean_out", section)
 
     real_log, killed = Run.log, []
 
@@ -204,8 +211,8 @@ def test_a_kill_between_metrics_row_and_checkpoint_changes_no_figure(finished_ru
     monkeypatch.setattr(Run, "log", log_then_die)
     stage = f"ppo_kill_{when}"
     with pytest.raises(KeyboardInterrupt):
-        stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", 3, 1e-5)
-    resumed = stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", 3, 1e-5)
+        stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", section)
+    resumed = stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", section)
     assert {k: resumed[k] for k in PPO_FIGURES} == {k: clean[k] for k in PPO_FIGURES}
     assert [r["step"] for r in run.step_rows(stage)] == [1, 2, 3]
     assert [r["score_mean"] for r in run.step_rows(stage)] == [r["score_mean"] for r in run.step_rows("ppo_clean")]
@@ -245,7 +252,8 @@ def test_a_checkpoint_that_would_run_code_is_refused(finished_run, capsys):
     ckpt = run / ".ppo_evil.checkpoint.pt"
     torch.save({"step": 1, "payload": _RunsCode()}, ckpt)
     with pytest.raises(UserError, match=r"\.ppo_evil\.checkpoint\.pt: not a loadable ppolab checkpoint"):
-        stages.stage_ppo(run, cfg, "ppo_evil", run / "sft", run / "reward_model_coldstart", run / "evil_out", 2, 1e-5)
+        stages.stage_ppo(run, cfg, "ppo_evil", run / "sft", run / "reward_model_coldstart", run / "evil_out",
+                         _ppo(cfg, steps=2))
     assert "PWNED" not in capsys.readouterr().out
 
 
@@ -266,7 +274,7 @@ def test_stale_temporaries_are_removed_when_a_stage_starts(tmp_path, monkeypatch
             run / ".venv" / "lib" / ".cache.x1.tmp"]
     for p in keep:
         p.write_text("mine")
-    run_pipeline(run, merge(get_preset("fast"), MICRO), only=["sft"])
+    run_pipeline(run, resolve("fast", MICRO), only=["sft"])
     assert not orphan.exists() and not orphan_dir.exists() and not nested.exists()
     assert all(p.exists() for p in keep)
 
@@ -303,7 +311,7 @@ def test_a_broken_reward_model_folder_is_named(finished_run, tmp_path, damage):
         shutil.rmtree(broken)
         expected = f"{broken}: no such reward model folder"
     with pytest.raises(UserError, match=expected.replace(".", r"\.")):
-        stages.stage_ppo(run, cfg, "ppo_broken_rm", run / "sft", broken, tmp_path / "out", 1, 1e-5)
+        stages.stage_ppo(run, cfg, "ppo_broken_rm", run / "sft", broken, tmp_path / "out", _ppo(cfg, steps=1))
 
 
 def test_checkpoints_of_critic_free_stages_round_trip(tmp_path):
@@ -350,9 +358,9 @@ def test_a_critic_free_stage_resumes_after_a_kill(finished_run, monkeypatch):
     from ppolab.pipeline import stages
 
     run, cfg, _ = finished_run
-    cfg = merge(cfg, {"ppo": {"steps": 3, "advantage_estimator": "grpo", "group_size": 2}})
+    section = _ppo(cfg, steps=3, advantage_estimator="grpo", group_size=2)
     _kill_once_at_step_2(monkeypatch, "ppo_grpo")
-    args = (run, cfg, "ppo_grpo", run / "sft", run / "reward_model_coldstart", run / "ppo_grpo_out", 3, 1e-5)
+    args = (run, cfg, "ppo_grpo", run / "sft", run / "reward_model_coldstart", run / "ppo_grpo_out", section)
     with pytest.raises(KeyboardInterrupt):
         stages.stage_ppo(*args)
     assert stages.stage_ppo(*args)["steps"] == 3
@@ -363,9 +371,9 @@ def test_a_stage_on_model_plus_chrf_logs_both_parts_and_resumes_with_the_same_no
     from ppolab.pipeline import stages
 
     run, cfg, _ = finished_run
-    cfg = merge(cfg, {"ppo": {"steps": 3, "reward": "model+chrf", "chrf_weight": 0.25}})
+    section = _ppo(cfg, steps=3, reward="model+chrf", chrf_weight=0.25)
     _kill_once_at_step_2(monkeypatch, "ppo_mix")
-    args = (run, cfg, "ppo_mix", run / "sft", run / "reward_model_coldstart", run / "ppo_mix_out", 3, 1e-5)
+    args = (run, cfg, "ppo_mix", run / "sft", run / "reward_model_coldstart", run / "ppo_mix_out", section)
     with pytest.raises(KeyboardInterrupt):
         stages.stage_ppo(*args)
     norm = json.loads((run / "ppo_mix_chrf_norm.json").read_text())
@@ -380,12 +388,11 @@ def test_a_stage_on_model_plus_chrf_logs_both_parts_and_resumes_with_the_same_no
 
 def test_an_unknown_ppo_reward_is_named_before_any_stage_runs(tmp_path):
     from ppolab.config import ConfigError
-    from ppolab.pipeline.validate import validate_settings
 
     with pytest.raises(ConfigError, match="ppo.reward = 'bleu'"):
-        validate_settings(merge(get_preset("fast"), {"ppo": {"reward": "bleu"}}))
+        resolve("fast", {"ppo": {"reward": "bleu"}})
     with pytest.raises(ConfigError, match="ppo.chrf_weight"):
-        validate_settings(merge(get_preset("fast"), {"ppo": {"chrf_weight": 1.5}}))
+        resolve("fast", {"ppo": {"chrf_weight": 1.5}})
 
 
 def test_real_model_targets_include_the_chrf_gain_and_the_two_hour_budget():

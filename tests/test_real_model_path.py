@@ -3,7 +3,6 @@
 Each test fails on the code before the fixes (515bcca). APIs added by the fixes are imported
 inside the tests so the file still collects there.
 """
-import copy
 
 import pytest
 import torch
@@ -208,12 +207,10 @@ def test_7b_build_value_model_follows_value_init(value_init):
 
 def test_7c_load_policy_honours_the_run_dtype(tmp_path):
     """#7: the pipeline's _load_policy(path, cfg) loads with cfg["model"]["dtype"]."""
-    from ppolab.pipeline import stages
-    from ppolab.pipeline.presets import CPU_TEST
+    from ppolab.pipeline import resolve, stages
 
     _save_tiny(tmp_path, tiny_tokenizer())
-    cfg = copy.deepcopy(CPU_TEST)
-    cfg["model"]["dtype"] = "bfloat16"
+    cfg = resolve("cpu-test", {"model": {"dtype": "bfloat16"}})
     model, _ = stages._load_policy(tmp_path, cfg)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
@@ -221,14 +218,13 @@ def test_7c_load_policy_honours_the_run_dtype(tmp_path):
 def test_7d_ppo_stage_builds_its_models_from_the_run_model_config(tmp_path, monkeypatch):
     """#7: stage_ppo loads policy and reward in the run's dtype and builds the value from value_init."""
     import ppolab.ppo
-    from ppolab.pipeline import stages
-    from ppolab.pipeline.presets import CPU_TEST
+    from ppolab.pipeline import resolve, stages
 
     tok = tiny_tokenizer()
     _save_tiny(tmp_path / "policy", tok)
     RewardModel.from_causal_lm(tiny_policy(), tok).save(tmp_path / "rm")
-    cfg = copy.deepcopy(CPU_TEST)
-    cfg["model"].update(dtype="bfloat16", value_init="shared", value_head_hidden=8)
+    cfg = resolve("cpu-test", {"model": {"dtype": "bfloat16", "value_init": "shared", "value_head_hidden": 8},
+                               "ppo": {"steps": 1, "lr": 1e-5}})
     built = {}
 
     class Captured(Exception):
@@ -240,7 +236,7 @@ def test_7d_ppo_stage_builds_its_models_from_the_run_model_config(tmp_path, monk
 
     monkeypatch.setattr(ppolab.ppo, "PPOTrainer", capture)
     with pytest.raises(Captured):
-        stages.stage_ppo(tmp_path, cfg, "ppo", tmp_path / "policy", tmp_path / "rm", tmp_path / "out", steps=1, lr=1e-5)
+        stages.stage_ppo(tmp_path, cfg, "ppo", tmp_path / "policy", tmp_path / "rm", tmp_path / "out", cfg.ppo)
     assert {p.dtype for p in built["policy"].parameters()} == {torch.bfloat16}
     assert {p.dtype for p in built["reward"].backbone.parameters()} == {torch.bfloat16}
     value = built["value"]

@@ -1,9 +1,12 @@
-"""Named settings for the whole loop. A preset is a plain nested dict; flags and files override it."""
+"""Named settings for the whole loop. A preset is a plain nested dict of the settings that differ
+from the dataclass defaults, read by the same strict loader as `--config` files and `--set`
+(`ppolab.pipeline.config.config_from_dict`); files and flags override it."""
 from __future__ import annotations
 
 import copy
 
 from ..config import ConfigError
+from .config import PipelineConfig, config_from_dict, merge
 
 # cpu-test: the embedded default. Tiny Llama-style model, tokenizer trained on the shipped corpus,
 # sized so that the whole loop (SFT -> synth -> RM -> PPO -> feedback -> RM -> PPO) fits in
@@ -17,6 +20,8 @@ CPU_TEST = {
               "intermediate_size": 512, "max_position_embeddings": 256, "lora": False,
               "value_init": "reward"},
     "prompt": {"format": None},  # None: the model's own (plain for tiny models; see ppolab.data.templates)
+    # PPO rollouts and the policy samples the rewards are normalised on (and feedback candidates)
+    "generation": {"max_new_tokens": 48, "temperature": 1.0, "max_prompt_length": 512},
     "sft": {"epochs": 8, "lr": 1e-3, "batch_size": 16, "max_length": 160, "eval_limit": 40, "train_limit": None},
     "synth": {"n_sources": 300, "candidates_per_source": 6, "min_gap": 0.05, "max_pairs_per_source": 3,
               "pair_strategy": "all_above_threshold", "max_new_tokens": 48, "batch_size": 50},
@@ -24,11 +29,10 @@ CPU_TEST = {
                      "val_fraction": 0.15, "normalize_samples": 64, "top_layers": 0,
                      "reference_pairs": False},
     "ppo": {"steps": 40, "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2, "lr": 5e-5,
-            "kl_coef": 0.1, "vf_coef": 0.1, "whiten_advantages": True, "max_new_tokens": 48,
+            "kl_coef": 0.1, "vf_coef": 0.1, "whiten_advantages": True,
             # the research switches of PPOConfig (ppolab.advantage / ppolab.ppo); defaults = PPO + GAE
             "advantage_estimator": "gae", "group_size": 1, "loss_aggregation": "token-mean", "kl_in": "reward",
             "kl_loss_coef": 0.001, "clip_eps_high": None, "dual_clip": None,
-            "temperature": 1.0,
             # what PPO maximises: "model" (the reward model), "chrf" (sentence chrF against the
             # training reference) or "model+chrf" (chrf_weight on chrF, the rest on the model)
             "reward": "model", "chrf_weight": 0.5,
@@ -71,7 +75,8 @@ PRODUCTION["model"] = {"policy_path": "/models/gemma-2-2b-it", "reward_path": No
                        "lora_r": 16, "lora_alpha": 32, "dtype": "bfloat16", "gradient_checkpointing": True,
                        "load_in_4bit": False, "value_init": "shared"}
 PRODUCTION["sft"].update({"epochs": 2, "lr": 2e-4, "batch_size": 16, "max_length": 256})
-PRODUCTION["ppo"].update({"lr": 1e-5, "max_new_tokens": 96})
+PRODUCTION["ppo"].update({"lr": 1e-5})
+PRODUCTION["generation"].update({"max_new_tokens": 96})
 
 # gemma-cpu: the real pretrained Gemma 3 270M (the `gemma` extra; ppolab.models.pretrained_path)
 # through all seven stages on a 2-core CPU. LoRA policy, adapter-off reference, value head on the
@@ -95,7 +100,8 @@ GEMMA_CPU["reward_model"].update({"epochs": 2, "lr": 1e-4, "batch_size": 8, "max
 # normalised on the starting policy's samples): with the reward model alone, 10-16 steps moved FLORES
 # chrF by -1.3 / +1.5 (EN / FR) and the reward did not rise; the reference is a signal it cannot game.
 GEMMA_CPU["ppo"].update({"steps": 32, "batch_size": 8, "minibatch_size": 8, "ppo_epochs": 2, "lr": 7e-5,
-                         "kl_coef": 0.1, "max_new_tokens": 48, "reward": "model+chrf", "chrf_weight": 0.5})
+                         "kl_coef": 0.1, "reward": "model+chrf", "chrf_weight": 0.5})
+GEMMA_CPU["generation"].update({"max_new_tokens": 48})
 GEMMA_CPU["feedback"].update({"items": 16, "candidates": 4})
 GEMMA_CPU["reward_model_human"].update({"epochs": 2, "batch_size": 8, "mix_synthetic": 64})
 GEMMA_CPU["ppo_final"].update({"steps": 16, "batch_size": 8, "minibatch_size": 8})
@@ -105,38 +111,20 @@ PRESETS = {"cpu-test": CPU_TEST, "fast": FAST, "research": RESEARCH, "production
            "gemma-cpu": GEMMA_CPU}
 
 
-def get_preset(name: str) -> dict:
+def preset_dict(name: str) -> dict:
+    """The preset's settings as the nested dict it is written as (a copy)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
 
 
-def merge(base: dict, override: dict, path: str = "") -> dict:
-    """Deep-merge `override` into a copy of `base`; unknown keys are errors naming their path."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        where = f"{path}.{k}" if path else k
-        if k not in out:
-            raise ConfigError(f"unknown setting {where!r}")
-        out[k] = merge(out[k], v, where) if isinstance(out[k], dict) and isinstance(v, dict) else v
-    return out
+def resolve(name: str, *overrides: dict) -> PipelineConfig:
+    """The preset `name` with `overrides` (nested dicts, applied in order) merged in, loaded strictly."""
+    data = preset_dict(name)
+    for override in overrides:
+        data = merge(data, override)
+    return config_from_dict(data)
 
 
-def parse_override(text: str) -> dict:
-    """`a.b=value` -> {"a": {"b": value}}; value parsed as JSON when it can be (numbers, true, null)."""
-    import json
-
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. ppo.steps=10")
-    key, raw = text.split("=", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    out: dict = {}
-    cur = out
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-    cur[parts[-1]] = value
-    return out
+def get_preset(name: str) -> PipelineConfig:
+    return resolve(name)

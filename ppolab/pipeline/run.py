@@ -1,6 +1,7 @@
 """The run directory: run.json, metrics.jsonl, TensorBoard events, and which stages are done."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 from ..io import write_json
+from .config import config_to_dict
 
 STAGES = ("sft", "synth", "reward_model", "ppo_coldstart", "feedback", "reward_model_human", "ppo_final")
 
@@ -39,9 +41,12 @@ class Run:
     """One run directory. Stages record their results in `stages.json` when they complete, so a
     re-run skips them; every file is written atomically."""
 
-    def __init__(self, path: str | os.PathLike, config: dict):
+    def __init__(self, path: str | os.PathLike, config):
+        """`config`: the run's PipelineConfig (or a plain dict), kept in run.json as plain data."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        if dataclasses.is_dataclass(config):
+            config = config_to_dict(config)
         self.config = config
         self._tb = None
         run_json = self.path / "run.json"
