@@ -137,3 +137,17 @@ def test_value_from_quantized_reward_is_refused(folders):
     reward = RewardModel.load(folders / "rm", ModelConfig(load_in_4bit=True))
     with pytest.raises(ValueError, match="quantized"):
         build_value_model(tiny_policy("llama", lora=True), reward, "reward")
+
+
+def test_reward_training_on_a_quantized_trunk_trains_the_head_only(folders):
+    """Unfreezing 4-bit layers is a clear error; with freeze_backbone the head trains on the 4-bit trunk."""
+    from ppolab.reward import RewardTrainConfig, train_reward_model
+
+    pairs = [{"prompt": "hi", "chosen": " good answer", "rejected": " bad"}] * 4
+    reward = RewardModel.load(folders / "rm", ModelConfig(load_in_4bit=True))
+    with pytest.raises(QuantizationError, match="freeze_backbone"):
+        train_reward_model(reward, pairs, config=RewardTrainConfig(epochs=1, batch_size=2), progress=False)
+    head = reward.head.last.weight.detach().clone()
+    train_reward_model(reward, pairs, config=RewardTrainConfig(epochs=1, batch_size=2, freeze_backbone=True, lr=1e-2),
+                       progress=False)
+    assert not torch.equal(head, reward.head.last.weight)
