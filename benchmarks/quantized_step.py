@@ -13,7 +13,9 @@ epoch, one thread.
 
 Each mode runs in its own child process (so one mode's freed memory cannot hide in another's RSS)
 and reports: RSS after `import` (the baseline), RSS and peak after loading, the peak over the two
-steps, the bytes held by the model's weights (quantized ones included), the seconds of the first
+steps, the anonymous / file-backed split of RSS after loading and after the steps (an fp32 load maps
+the safetensors file, so its untouched pages, most of the 262k-row embedding, are never resident;
+a quantized load reads every tensor to quantize it), the bytes held by the model's weights (quantized ones included), the seconds of the first
 (warm-up) and second `ppo_step`, wall-clock and CPU time (`process_time`, the figure to compare on a
 shared machine: with one thread it is the compute the step needed, whatever else was running), the
 trainer's phases, and that the step's stats are finite.
@@ -55,6 +57,18 @@ def weight_bytes(model) -> int:
     return total
 
 
+def rss_split_mib() -> dict[str, float]:
+    """Current resident memory split: anonymous (tensors, allocator) and file-backed (mmapped
+    safetensors pages: an fp32 load maps the file and only touched pages are resident)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[key] = round(int(rest.split()[0]) / 1024, 1)
+    return out
+
+
 def child(args) -> dict:
     import torch
 
@@ -77,6 +91,7 @@ def child(args) -> dict:
     gc.collect()
     reset_peak()
     base_mib, _ = rss_mib()
+    base_split = rss_split_mib()
 
     mode = args.child
     mcfg = ModelConfig(policy_path=path, lora=True, lora_r=16, lora_alpha=32, vocab_trim=args.vocab_trim,
@@ -87,6 +102,7 @@ def child(args) -> dict:
     ref, value = Reference(policy), value_head_on_policy(policy)
     gc.collect()
     loaded_mib, load_peak_mib = rss_mib()
+    loaded_split = rss_split_mib()
     wbytes = weight_bytes(policy)
 
     cfg = PPOConfig(batch_size=args.batch, minibatch_size=args.batch, ppo_epochs=1, lr=1e-5)
@@ -103,6 +119,9 @@ def child(args) -> dict:
         timings.append({k: round(v, 2) for k, v in stats["timings"].items()})
         finite &= all(math.isfinite(v) for v in stats.values() if isinstance(v, float))
     _, peak_mib = rss_mib()
+    after_split = rss_split_mib()
+    split = {f"{k.lower()}_{when}_mib": round(v - base_split[k], 1)
+             for when, d in (("loaded", loaded_split), ("after_steps", after_split)) for k, v in d.items()}
     return {
         "mode": mode, "model": args.model, "threads": args.threads, "batch": args.batch, "tokens": args.tokens,
         "prompt_tokens_max": prompt_tokens, "vocab_trim": args.vocab_trim,
@@ -112,7 +131,7 @@ def child(args) -> dict:
         "baseline_mib": round(base_mib, 1), "load_s": round(load_s, 1), "load_cpu_s": round(load_cpu_s, 1),
         "loaded_mib": round(loaded_mib - base_mib, 1), "load_peak_mib": round(load_peak_mib - base_mib, 1),
         "step_peak_mib": round(peak_mib - base_mib, 1), "peak_rss_mib": round(peak_mib, 1),
-        "step_s": seconds, "step_cpu_s": cpu_seconds, "timings": timings, "finite": finite,
+        **split, "step_s": seconds, "step_cpu_s": cpu_seconds, "timings": timings, "finite": finite,
     }
 
 
