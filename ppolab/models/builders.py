@@ -142,6 +142,39 @@ def is_quantized(model: nn.Module) -> bool:
     return any(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
 
 
+def dequantized_copy(model: nn.Module) -> nn.Module:
+    """A full-precision copy of a 4/8-bit model (same class, config without `quantization_config`),
+    for saving: transformers 5.24 cannot `save_pretrained` a model it loaded from an already
+    quantized folder, so ppolab saves quantized models in full precision and quantizes at load
+    (NF4 and int8 re-quantize a dequantized weight to the same codes and scales)."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    plain = [p for p in model.parameters() if p.is_floating_point()]
+    dtype = plain[0].dtype if plain else torch.float32
+    state = {}
+    for mname, m in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        for pname, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+            if pname == "weight" and isinstance(m, bnb.nn.Linear4bit):
+                t = bnbf.dequantize_4bit(t.data, t.quant_state)
+            elif pname == "weight" and isinstance(m, bnb.nn.Linear8bitLt):
+                scb = m.state.SCB if m.state.SCB is not None else t.SCB
+                t = bnbf.int8_vectorwise_dequant(t.data, scb)
+            state[prefix + pname] = t.detach().to(dtype if t.is_floating_point() else t.dtype).clone()
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        copy_ = type(model)(config)
+    persistent = set(copy_.state_dict())
+    copy_.load_state_dict({k: v for k, v in state.items() if k in persistent}, strict=True, assign=True)
+    for key in state.keys() - persistent:  # non-persistent buffers (RoPE's inv_freq): set by hand
+        mname, _, bname = key.rpartition(".")
+        copy_.get_submodule(mname)._buffers[bname] = state[key]
+    return copy_
+
+
 class _Once:
     """A logging filter that lets each distinct message through once."""
 

@@ -183,8 +183,12 @@ class RewardModel(ScalarModel):
         """Folder with the backbone (`save_pretrained`), `head.safetensors` and `reward_config.json`."""
         from safetensors.torch import save_file
 
+        from .builders import dequantized_copy, is_quantized
+
         with atomic_dir(path) as tmp:
-            self.backbone.save_pretrained(tmp / "backbone")
+            # A 4/8-bit trunk is saved in full precision; `load(path, model_config)` quantizes it again.
+            (dequantized_copy(self.backbone) if is_quantized(self.backbone) else self.backbone).save_pretrained(
+                tmp / "backbone")
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp / "backbone")
                 save_prompt_format(self.tokenizer, tmp / "backbone")
