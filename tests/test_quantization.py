@@ -19,7 +19,7 @@ from ppolab.models import (  # noqa: E402
     Reference, RewardModel, build_policy, build_value_model, is_quantized, load_tokenizer, quantization_config,
     value_head_on_policy,
 )
-from ppolab.models.builders import QuantizationError  # noqa: E402
+from ppolab.models.builders import QuantizationError, dequantized_copy  # noqa: E402
 from ppolab.ppo import PPOTrainer  # noqa: E402
 from ppolab.token_attribution import response_logprobs  # noqa: E402
 
@@ -27,6 +27,9 @@ from tests.helpers import tiny_policy, tiny_tokenizer  # noqa: E402
 
 MODES = {"4bit": {"load_in_4bit": True, "bnb_4bit_use_double_quant": True}, "8bit": {"load_in_8bit": True}}
 LAYER = {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}
+# The merged fp32 copy against the quantized forward: 4-bit dequantizes to the same fp32 weights;
+# 8-bit's forward casts its inputs to fp16 and multiplies in int8, the copy in fp32.
+TOL = {"4bit": 1e-4, "8bit": 5e-2}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,14 @@ def test_qlora_ppo_step(folders, mode):
     with torch.no_grad(), policy.disable_adapter():
         torch.testing.assert_close(response_logprobs(policy, ids, mask, 4), ref_lp_after, rtol=0, atol=0)
     with torch.no_grad():
-        assert not torch.allclose(response_logprobs(policy, ids, mask, 4), ref_lp_after), "adapter had no effect"
+        trained = response_logprobs(policy, ids, mask, 4)
+        assert not torch.allclose(trained, ref_lp_after), "adapter had no effect"
+        # What a checkpoint saves: the base dequantized, the trained adapter merged in full precision.
+        merged = dequantized_copy(policy)
+        assert not is_quantized(merged) and not hasattr(merged.config, "quantization_config")
+        merged_lp = response_logprobs(merged, ids, mask, 4)
+        torch.testing.assert_close(merged_lp, trained, rtol=0, atol=TOL[mode])
+        assert (merged_lp - trained).abs().max() < (merged_lp - ref_lp_after).abs().max(), "adapter not merged"
 
 
 def test_quantized_reward_scores_follow_full_precision(folders):

@@ -142,37 +142,73 @@ def is_quantized(model: nn.Module) -> bool:
     return any(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
 
 
-def dequantized_copy(model: nn.Module) -> nn.Module:
-    """A full-precision copy of a 4/8-bit model (same class, config without `quantization_config`),
-    for saving: transformers 5.24 cannot `save_pretrained` a model it loaded from an already
-    quantized folder, so ppolab saves quantized models in full precision and quantizes at load
-    (NF4 and int8 re-quantize a dequantized weight to the same codes and scales)."""
+def _dequantized_weight(m: nn.Module) -> torch.Tensor:
+    """A bitsandbytes Linear's weight in full precision (any other module's weight as it is)."""
     import bitsandbytes as bnb
     import bitsandbytes.functional as bnbf
 
-    plain = [p for p in model.parameters() if p.is_floating_point()]
+    w = m.weight
+    if isinstance(m, bnb.nn.Linear4bit):
+        return bnbf.dequantize_4bit(w.data, w.quant_state)
+    if isinstance(m, bnb.nn.Linear8bitLt):
+        return bnbf.int8_vectorwise_dequant(w.data, m.state.SCB if m.state.SCB is not None else w.SCB)
+    return w.detach()
+
+
+def dequantized_copy(model: nn.Module) -> nn.Module:
+    """A full-precision copy of a 4/8-bit model, LoRA adapters merged in full precision, for saving.
+
+    Same class as the (base) model, config without `quantization_config`. Why: transformers 5.24
+    cannot `save_pretrained` a model it loaded from an already quantized folder, and merging an
+    adapter into 4-bit weights would round most of its update away. Load the saved folder with
+    `load_in_4bit` again to quantize it (NF4/int8 re-quantize a dequantized weight to the same
+    codes; double-quantized scales move by ~0.3%). Each weight is dequantized into its own copy:
+    expect one full-precision model of extra memory while it exists.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model() if is_peft(model) else model
+    plain = [p for p in base.parameters() if p.is_floating_point() and p.dim() > 1 and p.dtype != torch.uint8]
     dtype = plain[0].dtype if plain else torch.float32
-    state = {}
-    for mname, m in model.named_modules():
+    state, wrapped = {}, []
+    for mname, m in base.named_modules():
+        if any(mname.startswith(w + ".") for w in wrapped):
+            continue  # the inside of a LoRA wrapper: base_layer, lora_A/B, dropout
         prefix = f"{mname}." if mname else ""
+        if isinstance(m, LoraLayer):
+            wrapped.append(mname)
+            inner = m.get_base_layer()
+            w = _dequantized_weight(inner).to(dtype)
+            if not m.merged:
+                for name in m.active_adapters:
+                    if name in m.lora_A:
+                        w = w + m.get_delta_weight(name).to(dtype)
+            state[prefix + "weight"] = w.detach().clone()
+            if getattr(inner, "bias", None) is not None:
+                state[prefix + "bias"] = inner.bias.detach().to(dtype).clone()
+            continue
         for pname, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
-            if pname == "weight" and isinstance(m, bnb.nn.Linear4bit):
-                t = bnbf.dequantize_4bit(t.data, t.quant_state)
-            elif pname == "weight" and isinstance(m, bnb.nn.Linear8bitLt):
-                scb = m.state.SCB if m.state.SCB is not None else t.SCB
-                t = bnbf.int8_vectorwise_dequant(t.data, scb)
+            if pname == "weight":
+                t = _dequantized_weight(m)
             state[prefix + pname] = t.detach().to(dtype if t.is_floating_point() else t.dtype).clone()
-    config = copy.deepcopy(model.config)
+    config = copy.deepcopy(base.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with torch.device("meta"):
-        copy_ = type(model)(config)
-    persistent = set(copy_.state_dict())
-    copy_.load_state_dict({k: v for k, v in state.items() if k in persistent}, strict=True, assign=True)
-    for key in state.keys() - persistent:  # non-persistent buffers (RoPE's inv_freq): set by hand
+        out = type(base)(config)
+    persistent = set(out.state_dict())
+    out.load_state_dict({k: v for k, v in state.items() if k in persistent}, strict=False, assign=True)
+    for key in state.keys() - persistent:  # non-persistent buffers (RoPE's inv_freq) that the copy has
         mname, _, bname = key.rpartition(".")
-        copy_.get_submodule(mname)._buffers[bname] = state[key]
-    return copy_
+        sub = out.get_submodule(mname)
+        if bname in sub._buffers:
+            sub._buffers[bname] = state[key]
+    if hasattr(out, "tie_weights"):
+        out.tie_weights()  # a tied head is one tensor, listed once above
+    left = [n for n, t in [*out.named_parameters(), *out.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"dequantized_copy: no weights for {left[:5]}")
+    return out
 
 
 class _Once:
