@@ -49,8 +49,12 @@ class ModelConfig:
     value_init: str = "reward"
     value_head_hidden: int = 0  # fresh value heads ("shared", "policy"): 0 linear, >0 MLP of this width
     dtype: str = "float32"  # "float32", "bfloat16" or "float16"
-    load_in_4bit: bool = False  # bitsandbytes (extra "quant")
-    load_in_8bit: bool = False
+    # bitsandbytes (extra "quant"), on the CPU or a CUDA GPU, quantized as the checkpoint loads:
+    # a LoRA policy trains its adapter on the frozen 4/8-bit base (QLoRA); reward models load alike.
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False  # LLM.int8
+    bnb_4bit_quant_type: str = "nf4"  # "nf4" (QLoRA's NormalFloat) or "fp4"
+    bnb_4bit_use_double_quant: bool = False  # also quantize the block scales (~0.4 bit/param less)
     gradient_checkpointing: bool = False
     # None: the full output head. "arabic": the head computes only tokens an Arabic translation can
     # need (ppolab.models.vocab_trim), ~13x fewer rows for Gemma 3's 262k vocabulary.
@@ -71,6 +75,8 @@ class ModelConfig:
         _check(self.value_head_hidden >= 0, c, "value_head_hidden", "must be >= 0")
         _check(self.dtype in ("float32", "bfloat16", "float16"), c, "dtype", f"unknown dtype {self.dtype!r}")
         _check(not (self.load_in_4bit and self.load_in_8bit), c, "load_in_4bit", "4-bit and 8-bit are exclusive")
+        _check(self.bnb_4bit_quant_type in ("nf4", "fp4"), c, "bnb_4bit_quant_type",
+               f"must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}")
         _check(self.vocab_trim in (None, "arabic"), c, "vocab_trim", f"must be null or 'arabic', got {self.vocab_trim!r}")
         return self
 

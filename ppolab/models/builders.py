@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import UserError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -95,24 +96,143 @@ def build_tiny_causal_lm(cfg: ModelConfig, tokenizer) -> nn.Module:
     return disable_dropout(model)
 
 
-def _quantization_config(cfg: ModelConfig):
+class QuantizationError(UserError):
+    """A 4/8-bit setting that cannot run here (bitsandbytes missing, or a full-weight policy)."""
+
+
+def quantization_device_map():
+    """Where bitsandbytes puts a quantized load: the current CUDA device, else the CPU (bitsandbytes
+    0.45+ has CPU kernels for 4-bit NF4/FP4 and 8-bit). One device, never "auto": a model split
+    across devices by accelerate would not match the trainer's single-device tensors."""
+    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+
+
+def quantization_config(cfg: ModelConfig, skip_modules: tuple[str, ...] = ()):
+    """`BitsAndBytesConfig` for `cfg.load_in_4bit` / `load_in_8bit`, or None for full precision.
+
+    4-bit: `bnb_4bit_quant_type` ("nf4" or "fp4"), optional double quantisation of the block scales,
+    and compute in `cfg.dtype` (the matmuls dequantise a block at a time into it). 8-bit: LLM.int8
+    (on the CPU, bitsandbytes casts the matmul inputs to fp16). The output embedding (LM head) stays
+    in full precision: bitsandbytes skips it, and the vocabulary trim copies rows out of it.
+    `skip_modules` names more modules to keep in full precision (a classifier's `score`).
+    """
     if not (cfg.load_in_4bit or cfg.load_in_8bit):
         return None
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            "ModelConfig.load_in_4bit/load_in_8bit needs a CUDA GPU (bitsandbytes); none is visible. "
-            "Turn quantization off for CPU runs."
-        )
     try:
-        from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
     except ImportError as e:
-        raise RuntimeError("4/8-bit loading needs the 'quant' extra: uv sync --extra quant") from e
+        raise QuantizationError(
+            "model.load_in_4bit/load_in_8bit needs bitsandbytes, the 'quant' extra: uv sync --extra quant"
+        ) from e
+    # Setting the skip list replaces bitsandbytes' default (the output head), so name it again.
+    skip = {"llm_int8_skip_modules": ["lm_head", *skip_modules]} if skip_modules else {}
     if cfg.load_in_4bit:
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=_DTYPES[cfg.dtype]
+            load_in_4bit=True, bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=_DTYPES[cfg.dtype], **skip,
         )
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_8bit=True, **skip)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when bitsandbytes holds some of the model's weights (4-bit or 8-bit). Looks at the
+    layers, not the loader's flags, which a trunk taken out of its CausalLM does not carry."""
+    return any(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
+
+
+def _dequantized_weight(m: nn.Module) -> torch.Tensor:
+    """A bitsandbytes Linear's weight in full precision (any other module's weight as it is)."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    w = m.weight
+    if isinstance(m, bnb.nn.Linear4bit):
+        return bnbf.dequantize_4bit(w.data, w.quant_state)
+    if isinstance(m, bnb.nn.Linear8bitLt):
+        return bnbf.int8_vectorwise_dequant(w.data, m.state.SCB if m.state.SCB is not None else w.SCB)
+    return w.detach()
+
+
+def dequantized_copy(model: nn.Module) -> nn.Module:
+    """A full-precision copy of a 4/8-bit model, LoRA adapters merged in full precision, for saving.
+
+    Same class as the (base) model, config without `quantization_config`. Why: transformers 5.24
+    cannot `save_pretrained` a model it loaded from an already quantized folder, and merging an
+    adapter into 4-bit weights would round most of its update away. Load the saved folder with
+    `load_in_4bit` again to quantize it (NF4/int8 re-quantize a dequantized weight to the same
+    codes; double-quantized scales move by ~0.3%). Each weight is dequantized into its own copy:
+    expect one full-precision model of extra memory while it exists.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model() if is_peft(model) else model
+    plain = [p for p in base.parameters() if p.is_floating_point() and p.dim() > 1 and p.dtype != torch.uint8]
+    dtype = plain[0].dtype if plain else torch.float32
+    state, wrapped = {}, []
+    for mname, m in base.named_modules():
+        if any(mname.startswith(w + ".") for w in wrapped):
+            continue  # the inside of a LoRA wrapper: base_layer, lora_A/B, dropout
+        prefix = f"{mname}." if mname else ""
+        if isinstance(m, LoraLayer):
+            wrapped.append(mname)
+            inner = m.get_base_layer()
+            w = _dequantized_weight(inner).to(dtype)
+            if not m.merged:
+                for name in m.active_adapters:
+                    if name in m.lora_A:
+                        w = w + m.get_delta_weight(name).to(dtype)
+            state[prefix + "weight"] = w.detach().clone()
+            if getattr(inner, "bias", None) is not None:
+                state[prefix + "bias"] = inner.bias.detach().to(dtype).clone()
+            continue
+        for pname, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+            if pname == "weight":
+                t = _dequantized_weight(m)
+            state[prefix + pname] = t.detach().to(dtype if t.is_floating_point() else t.dtype).clone()
+    config = copy.deepcopy(base.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        out = type(base)(config)
+    persistent = set(out.state_dict())
+    out.load_state_dict({k: v for k, v in state.items() if k in persistent}, strict=False, assign=True)
+    for key in state.keys() - persistent:  # non-persistent buffers (RoPE's inv_freq) that the copy has
+        mname, _, bname = key.rpartition(".")
+        sub = out.get_submodule(mname)
+        if bname in sub._buffers:
+            sub._buffers[bname] = state[key]
+    if hasattr(out, "tie_weights"):
+        out.tie_weights()  # a tied head is one tensor, listed once above
+    left = [n for n, t in [*out.named_parameters(), *out.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"dequantized_copy: no weights for {left[:5]}")
+    return out
+
+
+class _Once:
+    """A logging filter that lets each distinct message through once."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def filter(self, record) -> bool:
+        key = record.getMessage()
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def _quiet_bitsandbytes_cpu_warnings() -> None:
+    # On the CPU, every 8-bit matmul logs that it casts fp32 inputs to fp16 (thousands of lines per
+    # PPO step); the cast is documented in docs/SCALING.md, once is enough.
+    import logging
+
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _Once) for f in log.filters):
+        log.addFilter(_Once())
 
 
 def load_causal_lm(path: str, cfg: ModelConfig | None = None) -> nn.Module:
@@ -127,19 +247,29 @@ def load_causal_lm(path: str, cfg: ModelConfig | None = None) -> nn.Module:
     path = resolve_model_path(path)
     if not Path(path).exists():
         raise FileNotFoundError(f"model checkpoint not found: {path} (ppolab never downloads weights)")
-    quant = _quantization_config(cfg)
+    quant = quantization_config(cfg)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=_DTYPES[cfg.dtype], quantization_config=quant,
-        device_map="auto" if quant is not None else None,
+        device_map=quantization_device_map() if quant is not None else None,
     )
     if quant is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = prepare_quantized(model, cfg)
     elif cfg.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
     return disable_dropout(model)
+
+
+def prepare_quantized(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """QLoRA's preparation (`peft.prepare_model_for_kbit_training`): every weight frozen (a quantized
+    weight cannot take a gradient step; an adapter or a head is what trains), the remaining
+    half-precision weights (norms, embeddings) upcast to fp32 for stable training, and, with
+    `cfg.gradient_checkpointing`, checkpointing with input gradients enabled so the adapter's
+    gradients flow through the recomputed blocks."""
+    from peft import prepare_model_for_kbit_training
+
+    _quiet_bitsandbytes_cpu_warnings()
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
 
 
 def load_tokenizer(path: str):
@@ -172,6 +302,16 @@ def wrap_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
 
 def build_policy(cfg: ModelConfig, tokenizer) -> nn.Module:
     """The policy: tiny (offline) or loaded, with LoRA when `cfg.lora`."""
+    if (cfg.load_in_4bit or cfg.load_in_8bit) and not cfg.lora:
+        raise QuantizationError(
+            "model.load_in_4bit/load_in_8bit: a quantized policy trains only through a LoRA adapter; "
+            "set model.lora=true (QLoRA) or turn quantisation off"
+        )
+    if (cfg.load_in_4bit or cfg.load_in_8bit) and not cfg.policy_path:
+        raise QuantizationError(
+            "model.load_in_4bit/load_in_8bit quantizes a checkpoint as it loads: set model.policy_path "
+            "(a tiny model built in memory is never quantized)"
+        )
     model = load_causal_lm(cfg.policy_path, cfg) if cfg.policy_path else build_tiny_causal_lm(cfg, tokenizer)
     return wrap_lora(model, cfg) if cfg.lora else model
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -182,8 +183,12 @@ class RewardModel(ScalarModel):
         """Folder with the backbone (`save_pretrained`), `head.safetensors` and `reward_config.json`."""
         from safetensors.torch import save_file
 
+        from .builders import dequantized_copy, is_quantized
+
         with atomic_dir(path) as tmp:
-            self.backbone.save_pretrained(tmp / "backbone")
+            # A 4/8-bit trunk is saved in full precision; `load(path, model_config)` quantizes it again.
+            (dequantized_copy(self.backbone) if is_quantized(self.backbone) else self.backbone).save_pretrained(
+                tmp / "backbone")
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp / "backbone")
                 save_prompt_format(self.tokenizer, tmp / "backbone")
@@ -194,36 +199,96 @@ class RewardModel(ScalarModel):
                 "head_weights": self.head_weights.tolist(),
             })
 
-    @classmethod
-    def load(cls, path: str | Path, model_config=None) -> "RewardModel":
-        """Load our format, or wrap a sequence-classification checkpoint (its `score` layer as head).
+    # True when `load` added a fresh head to a plain causal LM: the model must be trained before its
+    # scores mean anything (`reward_model.base = path` in the pipeline).
+    fresh_head: bool = False
 
-        `model_config` (a `ModelConfig`) sets the backbone's dtype; the head stays fp32."""
+    @classmethod
+    def load(cls, path: str | Path, model_config=None, head_hidden: int = 0, seed: int = 0) -> "RewardModel":
+        """A reward model from a folder, in one of three layouts:
+
+        - ours (`save`): `reward_config.json`, `head.safetensors`, `backbone/` (+ its tokenizer);
+        - a sequence-classification checkpoint (`num_labels=1`): its `score` layer becomes the head;
+        - any other model folder (a causal LM): its trunk with a fresh head of width `head_hidden`
+          (seeded by `seed`, `fresh_head` set), to be trained before use.
+
+        `model_config` (a `ModelConfig`) sets the backbone's dtype and quantisation (`load_in_4bit`,
+        `load_in_8bit`, `bnb_4bit_*`: the trunk is loaded quantized and frozen); LoRA, vocabulary
+        trim and the architecture fields are the policy's and do not apply. The head stays fp32.
+        The tokenizer is the folder's own when it has one (scoring is by text, so a reward model's
+        vocabulary need not be the policy's)."""
         from safetensors.torch import load_file
-        from transformers import AutoModel, AutoModelForSequenceClassification
+        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
         from .builders import load_tokenizer
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"reward model checkpoint not found: {path}")
-        from .builders import _DTYPES
-
-        dtype = _DTYPES[model_config.dtype] if model_config is not None else torch.float32
         if (path / "reward_config.json").exists():
             meta = json.loads((path / "reward_config.json").read_text())
-            backbone = AutoModel.from_pretrained(path / "backbone", dtype=dtype)
-            tok = load_tokenizer(str(path / "backbone")) if (path / "backbone" / "tokenizer_config.json").exists() else None
+            backbone = _load_frozen_capable(AutoModel, path / "backbone", model_config)
+            tok = load_tokenizer(str(path / "backbone")) if _has_tokenizer(path / "backbone") else None
             model = cls(backbone, meta["head_hidden"], meta["head_names"], meta["head_weights"], tok)
             model.load_state_dict(load_file(str(path / "head.safetensors")), strict=False)
             return model.eval()
-        seq = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        tok = load_tokenizer(str(path)) if _has_tokenizer(path) else None
+        archs = AutoConfig.from_pretrained(path).architectures or []
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = cls(_load_frozen_capable(AutoModel, path, model_config), head_hidden, ("reward",), None, tok)
+            model.fresh_head = True
+            return model.eval()
+        seq = _load_frozen_capable(AutoModelForSequenceClassification, path, model_config)
         if seq.config.num_labels != 1:
             raise ValueError(f"{path}: sequence-classification reward model must have num_labels=1")
-        model = cls(seq.model, 0, ("reward",), None, load_tokenizer(str(path)))
-        model.head.net.weight.data.copy_(seq.score.weight.data)
-        if getattr(seq.score, "bias", None) is not None:
-            model.head.net.bias.data.copy_(seq.score.bias.data)
-        else:
-            model.head.net.bias.data.zero_()
+        model = cls(base_trunk(seq), 0, ("reward",), None, tok)
+        with torch.no_grad():
+            model.head.net.weight.copy_(seq.score.weight.float())
+            if getattr(seq.score, "bias", None) is not None:
+                model.head.net.bias.copy_(seq.score.bias.float())
+            else:
+                model.head.net.bias.zero_()
         return model.eval()
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).exists() for f in ("tokenizer_config.json", "tokenizer.json"))
+
+
+def _load_frozen_capable(auto_cls, path: Path, model_config):
+    """`auto_cls.from_pretrained(path)` in `model_config`'s dtype, quantized when it says so (then
+    prepared as QLoRA prepares a base: frozen, norms in fp32). A sequence-classification `score`
+    layer is never quantized: it becomes the fp32 head."""
+    from .builders import _DTYPES, prepare_quantized, quantization_config, quantization_device_map
+
+    dtype = _DTYPES[model_config.dtype] if model_config is not None else torch.float32
+    quant = quantization_config(model_config, skip_modules=("score",)) if model_config is not None else None
+    model = auto_cls.from_pretrained(path, dtype=dtype, quantization_config=quant,
+                                     device_map=quantization_device_map() if quant is not None else None)
+    if quant is not None:
+        # Checkpointing is for a trained trunk; a quantized reward trunk is frozen.
+        model = prepare_quantized(model, dataclasses.replace(model_config, gradient_checkpointing=False))
+    return model
+
+
+def load_reward_model(path: str | Path, model_config=None, head_hidden: int = 0, seed: int = 0) -> RewardModel:
+    """`ModelConfig.reward_path`: a separate reward model with its own tokenizer, scoring by text.
+
+    `path` is a folder in any layout `RewardModel.load` reads (ours, sequence classification, or a
+    causal LM that gets a fresh head: then `fresh_head` is True and it needs reward training), or a
+    known name (`gemma3-270m`). Its vocabulary may differ from the policy's: `RewardModel.score`
+    tokenizes prompt + response + EOS with the reward model's own tokenizer, so the folder must
+    hold one. `model_config` brings dtype and quantisation (a 4/8-bit reward model)."""
+    from ..errors import UserError
+    from .pretrained import resolve_model_path
+
+    folder = Path(resolve_model_path(str(path)))
+    if not folder.exists():
+        raise UserError(f"model.reward_path: {folder} does not exist (ppolab never downloads weights)")
+    tok_folder = folder / "backbone" if (folder / "reward_config.json").exists() else folder
+    if not _has_tokenizer(tok_folder):
+        raise UserError(f"model.reward_path: {tok_folder} has no tokenizer (tokenizer_config.json); a separate "
+                        "reward model scores text with its own tokenizer: save it beside the weights")
+    return RewardModel.load(folder, model_config, head_hidden=head_hidden, seed=seed)

@@ -54,5 +54,21 @@ def build_value_model(policy: nn.Module, reward=None, value_init: str = "reward"
     if value_init == "reward":
         if reward is None or not hasattr(reward, "head"):
             raise ValueError("value_init='reward' needs a ppolab RewardModel")
+        _check_value_from_reward(policy, reward)
         return ValueModel.from_reward_model(reward)
     raise ValueError(f"value_init: unknown {value_init!r}; expected 'shared', 'policy' or 'reward'")
+
+
+def _check_value_from_reward(policy: nn.Module, reward) -> None:
+    """A value model copied from the reward model reads the *policy's* token ids and trains whole:
+    refuse a reward model of another vocabulary (`model.reward_path`) or a quantized one."""
+    from .builders import is_quantized
+
+    n_policy = base_trunk(policy).get_input_embeddings().num_embeddings
+    n_reward = reward.backbone.get_input_embeddings().num_embeddings
+    if n_policy != n_reward:
+        raise ValueError(f"model.value_init='reward': the reward model's vocabulary ({n_reward} tokens) is not the "
+                         f"policy's ({n_policy}); use value_init='shared' or 'policy' with a separate reward model")
+    if is_quantized(reward.backbone):
+        raise ValueError("model.value_init='reward': the reward model is quantized (4/8-bit) and a value model "
+                         "trains its whole trunk; use value_init='shared' (a head on the QLoRA policy) or 'policy'")

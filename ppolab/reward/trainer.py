@@ -276,6 +276,18 @@ def apply_unfreeze_schedule(model: RewardModel, config: RewardTrainConfig, epoch
     return k
 
 
+def _check_trainable_trunk(model: RewardModel, config: RewardTrainConfig) -> None:
+    """A 4/8-bit trunk holds integer weights that cannot take a gradient: train the head alone."""
+    from ..models.builders import QuantizationError, is_quantized
+
+    if not config.freeze_backbone and is_quantized(model.backbone):
+        raise QuantizationError(
+            "reward-model training would unfreeze trunk layers that are loaded in 4/8-bit "
+            "(model.load_in_4bit/load_in_8bit): set reward_model.freeze_backbone=true to train the head "
+            "alone, or load the reward model's base in full precision"
+        )
+
+
 def _optimizer(model: RewardModel, config: RewardTrainConfig) -> torch.optim.Optimizer:
     params = list(model.head.parameters()) if config.freeze_backbone else list(model.parameters())
     # No weight decay on biases and norm gains (1-D): decaying them only shrinks the output scale.
@@ -364,6 +376,7 @@ def train_reward_model(
 
     from tqdm.auto import tqdm
 
+    _check_trainable_trunk(model, config)
     grad_flags = {id(p): p.requires_grad for p in model.parameters()}
     was_training = model.training
     generator = torch.Generator().manual_seed(config.seed)
