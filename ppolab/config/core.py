@@ -97,6 +97,12 @@ class GenerationConfig:
     # the base weights; no adapter matmuls per decoded token), refreshed before every rollout. The
     # rollout's log-probs stay the LoRA policy's (to fp32 rounding); the reference is unchanged.
     merged_lora_sampling: bool = False
+    # The decoding loop: "eager" (a KV cache that grows by one column per token) or "static" (one
+    # cache preallocated for the batch and prompt + max_new_tokens, fixed shapes every step, the step
+    # captured as a CUDA graph on a GPU; a LoRA policy then samples from a merged copy, as with
+    # merged_lora_sampling). Same tokens and log-probs where the arithmetic is the same
+    # (ppolab/token_attribution/static_cache.py).
+    engine: str = "eager"
 
     def validate(self) -> "GenerationConfig":
         c = "GenerationConfig"
@@ -109,6 +115,7 @@ class GenerationConfig:
                f"must be true, false or null, got {self.logprobs_from_sampling!r}")
         _check(isinstance(self.merged_lora_sampling, bool), c, "merged_lora_sampling",
                f"must be true or false, got {self.merged_lora_sampling!r}")
+        _check(self.engine in ("eager", "static"), c, "engine", f"must be 'eager' or 'static', got {self.engine!r}")
         return self
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import GenerationConfig
-from ..models.builders import Reference, base_trunk, position_ids_from_mask
+from ..models.builders import Reference, base_trunk, is_peft, position_ids_from_mask
 from ..models.merged import merged_copy, refresh_merged
 from .logprobs import fuses_with, logprob_head, logprobs_and_values, response_logprobs
 from .rollout import Rollout
@@ -90,8 +90,8 @@ class SequenceGenerator:
         self.timings: dict[str, float] = {}  # seconds per phase of the last generate()
         # What samples: the policy, or a merged copy of its LoRA adapter, refreshed every generate().
         self.sampler = policy
-        if self.config.merged_lora_sampling:
-            self.sampler = merged_copy(policy)
+        if self.config.merged_lora_sampling or (self.config.engine == "static" and is_peft(policy)):
+            self.sampler = merged_copy(policy)  # the static engine captures plain weights
         if tokenizer.pad_token_id is None:
             raise ValueError("SequenceGenerator: the tokenizer has no pad token")
         if tokenizer.padding_side != "left":
@@ -155,6 +155,9 @@ class SequenceGenerator:
                 out = model(**kw, logits_to_keep=1)
                 return out.logits[:, -1], None, out
 
+        if c.engine == "static":  # the same model call, over a preallocated cache (static_cache.py)
+            from .static_cache import static_sample
+            return static_sample(self, forward, prompt_ids, prompt_mask, keep_ids, stop, fused)
         mask = prompt_mask.clone()
         positions = position_ids_from_mask(mask)
         logits, v, out = forward(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
