@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.gpu_rollouts import GEMMA3_270M  # config.json of gemma3-270m (weights random)
 from ppolab.config import GenerationConfig, PPOConfig
 from ppolab.config.core import ConfigError
 from ppolab.models import Reference, value_head_on_policy
@@ -165,15 +166,6 @@ def test_sliding_window_shorter_than_the_sequence(arch, prompts):
         assert not torch.equal(sample(_tiny_gemma3(64), "static", ids, mask, stop)[0], static)
 
 
-GEMMA3_270M = dict(  # config.json of pretrained_path("gemma3-270m") (the `gemma` extra), weights random
-    vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
-    num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, hidden_activation="gelu_pytorch_tanh",
-    max_position_embeddings=32768, rms_norm_eps=9.999999974752427e-07, sliding_window=512,
-    layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3, attn_logit_softcapping=None,
-    final_logit_softcapping=None, tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0,
-    rope_parameters={"full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
-                     "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
-)
 
 
 def gemma3_270m_random(**overrides):

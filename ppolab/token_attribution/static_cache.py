@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..models.builders import is_peft, position_ids_from_mask
+from ..models.builders import base_trunk, is_peft, position_ids_from_mask
 from .generator import _lm_head_dtype, sample_next_token
 
 # Model types whose decoder forward takes a ready {layer type: 4D mask} dict (hybrid sliding/full
@@ -87,6 +87,18 @@ def _text_config(model: nn.Module):
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
+def _cache_kwargs(model: nn.Module, cache, index: torch.Tensor) -> dict:
+    """How this transformers version's decoder takes the cache: `cache=` (5.2x) or `past_key_values=`
+    with `cache_position=` (earlier 5.x, which else derives the columns from the cache with a host sync)."""
+    import inspect
+
+    params = inspect.signature(base_trunk(model).forward).parameters
+    kw = {"cache": cache} if "cache" in params else {"past_key_values": cache}
+    if "cache_position" in params:
+        kw["cache_position"] = index
+    return kw
+
+
 def check_supported(model: nn.Module) -> None:
     """A clear error for a model type whose masks this engine does not know how to prepare."""
     mtype = getattr(_text_config(model), "model_type", None)
@@ -127,8 +139,10 @@ class StaticDecoder:
         self.key_ok = torch.ones(batch, max_len, dtype=torch.bool, device=dev)  # not prompt padding `[B, S]`
         self.columns = torch.arange(max_len, device=dev)
         self.index = self.step_index  # where `_Layer.update` writes: the prompt's columns in prefill
+        self._model = model
         self.capture = dev.type == "cuda" if capture is None else capture
         self.graph, self.graph_out, self.graph_error = None, None, None
+        self._step_kwargs = _cache_kwargs(model, self.cache, self.step_index)
 
     def _masks(self, queries: torch.Tensor):
         """Additive masks `[B, 1, Q, S]` for query columns `queries` `[Q]`: causal, padding, window."""
@@ -153,9 +167,13 @@ class StaticDecoder:
         self.index = torch.arange(P, device=self.device)
         try:
             logits, v, _ = self.forward(input_ids=prompt_ids, attention_mask=self._masks(self.index),
-                                        position_ids=positions, cache=self.cache, use_cache=True)
+                                        position_ids=positions, use_cache=True,
+                                        **_cache_kwargs(self._model, self.cache, self.index))
         finally:
             self.index = self.step_index
+        if self.cache.layers[0].keys is None:
+            raise RuntimeError("static engine: the model did not write its keys into the static cache "
+                               "(an unknown cache keyword in this transformers version); use engine='eager'")
         self.positions.copy_(positions[:, -1:] + 1)
         self.step_index.fill_(P)
         return logits, v
@@ -163,7 +181,7 @@ class StaticDecoder:
     def _step(self):
         """One token for every row, reading and advancing only buffers (what a graph replays)."""
         logits, v, _ = self.forward(input_ids=self.tokens, attention_mask=self._masks(self.step_index),
-                                    position_ids=self.positions, cache=self.cache, use_cache=True)
+                                    position_ids=self.positions, use_cache=True, **self._step_kwargs)
         self.positions.add_(1)
         self.step_index.add_(1)
         return logits, v
