@@ -120,7 +120,8 @@ def test_fused_value_head_and_trimmed_head(prompts):
     trim_output_vocabulary(policy.get_base_model(), keep)
     value = value_head_on_policy(policy)
     torch.nn.init.normal_(value.head.net.weight, std=0.3)
-    kw = dict(temperature=0.8, top_k=0, max_new_tokens=10, stop_at_eos=False)
+    # logprobs_from_sampling: values from the decode (by default only the policy's own fp32 eager loop).
+    kw = dict(temperature=0.8, top_k=0, max_new_tokens=10, stop_at_eos=False, logprobs_from_sampling=True)
     eager, eager_lp, eager_v, _ = sample(policy, "eager", ids, mask, value=value, seed=1, **kw)
     static, static_lp, static_v, gen = sample(policy, "static", ids, mask, value=value, seed=1, **kw)
     assert torch.equal(eager, static) and set(static.unique().tolist()) <= set(keep)

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.builders import base_trunk, is_peft, position_ids_from_mask
-from .generator import _lm_head_dtype, sample_next_token
+from .generator import sample_next_token
 
 # Model types whose decoder forward takes a ready {layer type: 4D mask} dict (hybrid sliding/full
 # layers), and those that take one 4D mask; for the latter, whether `config.sliding_window` applies
@@ -240,16 +240,13 @@ def engine_for(gen, forward, batch: int, need: int, key) -> StaticDecoder:
 @torch.no_grad()
 def static_sample(gen, forward, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, keep_ids, stop, fused: bool):
     """`SequenceGenerator.sample` with the static engine: the same triple as the eager loop,
-    (response ids `[B, T]`, log-probs `[B, T]` or None, values `[B, T]` or None)."""
+    (response ids `[B, T]`, the sampler's log-probs `[B, T]`, values `[B, T]` or None: with `fused`)."""
     c = gen.config
     B, P = prompt_ids.shape
     T = c.max_new_tokens
     key = (B, id(gen.sampler), id(gen.value_model) if fused else None, None if keep_ids is None else id(keep_ids))
     eng = engine_for(gen, forward, B, P + T, key)
     logits, v = eng.prefill(prompt_ids, prompt_mask)
-    keep_logprobs = c.logprobs_from_sampling
-    if keep_logprobs is None:
-        keep_logprobs = _lm_head_dtype(gen.sampler, logits) == torch.float32
     dev = prompt_ids.device
     tokens = torch.zeros(B, T, dtype=torch.long, device=dev)
     logprobs = torch.zeros(B, T, dtype=torch.float32, device=dev)
@@ -273,7 +270,4 @@ def static_sample(gen, forward, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
         if t == T - 1:
             break
         logits, v = eng.step(token)
-    # As the eager loop: log-probs (and fused values) only where they are kept from sampling.
-    # TODO(rollouts seam): once sample() always returns sampler log-probs, return them always here too.
-    return (tokens[:, :n], logprobs[:, :n] if keep_logprobs else None,
-            values[:, :n] if fused and keep_logprobs else None)
+    return tokens[:, :n], logprobs[:, :n], values[:, :n] if fused else None
