@@ -13,7 +13,7 @@ of transformers' `generate()` (sampling, the model's own dynamic cache); next to
 floor of one decoding step, (parameter bytes + KV-cache bytes read) / `--bandwidth` (H200: 4.8 TB/s),
 with the KV read at its least (each row's prompt + half the response: what the eager loop attends
 to on average) and as the static engine reads it (the whole preallocated length), and each engine's
-step time as a multiple of the floor. Then one whole `ppo_step` per engine at batch 16 (warm-up step,
+step time as a multiple of the floor, and the sampler-trainer mismatch statistics of each engine's log-probs. Then one whole `ppo_step` per engine at batch 16 (warm-up step,
 then a timed one) with seconds per phase. Prints a table on stderr and one JSON line on stdout.
 Stops starting measurements after `--time-budget` seconds (what was skipped is listed).
 """
@@ -106,15 +106,29 @@ def param_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def timed_call(fn, repeats: int) -> float:
+def timed_call(fn, repeats: int, results: list | None = None) -> float:
     times = []
     for _ in range(repeats):
         sync()
         t0 = time.perf_counter()
-        fn()
+        out = fn()
         sync()
         times.append(time.perf_counter() - t0)
+    if results is not None:
+        results.append(out)
     return statistics.median(times)
+
+
+def mismatch(policy, ids, mask, sampled, temperature) -> dict:
+    """The sampler-trainer mismatch statistics of one `sample` result against the policy's recomputed
+    log-probs (one full forward, as the trainer computes them)."""
+    from ppolab.ppo.rollout_correction import mismatch_stats
+    from ppolab.token_attribution import response_logprobs
+
+    tokens, lps = sampled[0], sampled[1]
+    full, fmask = torch.cat([ids, tokens], 1), torch.cat([mask, torch.ones_like(tokens)], 1)
+    trainer = response_logprobs(policy, full, fmask, tokens.shape[1], temperature)
+    return {k: float(f"{v:.3g}") for k, v in mismatch_stats(trainer, lps.float(), torch.ones_like(tokens)).items()}
 
 
 def measure_sampling(name, policy, tok, batch, args) -> dict:
@@ -131,10 +145,13 @@ def measure_sampling(name, policy, tok, batch, args) -> dict:
         cfg = GenerationConfig(max_new_tokens=T, temperature=0.7, stop_at_eos=False, engine=engine,
                                max_prompt_length=ids.shape[1])
         gens[engine] = SequenceGenerator(policy, tok, cfg, reference=policy)
+    sampled = {"eager": [], "static": []}
     with torch.no_grad():
-        row["eager_s"] = timed_call(lambda: gens["eager"].sample(ids, mask), 1)
+        row["eager_s"] = timed_call(lambda: gens["eager"].sample(ids, mask), 1, sampled["eager"])
         row["static_first_s"] = timed_call(lambda: gens["static"].sample(ids, mask), 1)  # builds + captures
-        row["static_s"] = timed_call(lambda: gens["static"].sample(ids, mask), args.repeats)
+        row["static_s"] = timed_call(lambda: gens["static"].sample(ids, mask), args.repeats, sampled["static"])
+        for k in ("eager", "static"):  # how far each sampler's log-probs are from the trainer's
+            row[f"{k}_mismatch"] = mismatch(policy, ids, mask, sampled[k][0], 0.7)
         (eng,) = gens["static"]._static_engines.values()
         row["static_graph"] = eng.graph is not None
         row["static_graph_error"] = eng.graph_error
