@@ -8,8 +8,8 @@ benchmarks/gpu_check.py (full, and LoRA r16 on every linear layer) and Gemma 3 2
 config.json: 18 layers, hidden 640, 262k vocabulary), in bf16. For each at batch 16, 64, 256
 (prompts of 24-32 tokens, left-padded; 64 new tokens; no early stop, so every engine decodes the
 same number of steps): response tokens/s of `SequenceGenerator.sample` with engine="eager" and
-engine="static" (its first call, which builds the cache and captures the graph, timed apart), and
-of transformers' `generate()` (sampling, the model's own dynamic cache); next to them the bandwidth
+engine="static" (its first call, which builds the cache and captures the graph, timed apart; at
+the first batch size also uncaptured, PPOLAB_STATIC_GRAPH=0), and of transformers' `generate()` (sampling, the model's own dynamic cache); next to them the bandwidth
 floor of one decoding step, (parameter bytes + KV-cache bytes read) / `--bandwidth` (H200: 4.8 TB/s),
 with the KV read at its least (each row's prompt + half the response: what the eager loop attends
 to on average) and as the static engine reads it (the whole preallocated length), and each engine's
@@ -155,6 +155,17 @@ def measure_sampling(name, policy, tok, batch, args) -> dict:
         (eng,) = gens["static"]._static_engines.values()
         row["static_graph"] = eng.graph is not None
         row["static_graph_error"] = eng.graph_error
+        if args.device.startswith("cuda") and batch == int(args.batches.split(",")[0]):
+            # The same fixed-shape step uncaptured: what the graph itself buys.
+            os.environ["PPOLAB_STATIC_GRAPH"] = "0"
+            try:
+                nograph = SequenceGenerator(policy, tok, gens["static"].config, reference=policy)
+                nograph.sample(ids, mask)
+                row["static_nograph_s"] = round(timed_call(lambda: nograph.sample(ids, mask), 1), 4)
+                row["static_nograph_tok_s"] = round(batch * T / row["static_nograph_s"], 1)
+            finally:
+                del os.environ["PPOLAB_STATIC_GRAPH"]
+            del nograph
         gen_kw = dict(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
                       max_new_tokens=T, min_new_tokens=T, pad_token_id=tok.pad_token_id)
         row["generate_s"] = timed_call(lambda: policy.generate(**gen_kw), 1)

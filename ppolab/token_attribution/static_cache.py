@@ -24,6 +24,8 @@ differ from the eager loop's in the last bits.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +45,7 @@ SYNC_EVERY_CUDA = 8  # on CUDA, "has every row stopped?" (a host sync) is asked 
 
 
 class StaticConfigError(UserError):
-    pass
+    """engine='static' asked of a model whose attention masks this engine cannot prepare."""
 
 
 class _Layer:
@@ -140,7 +142,9 @@ class StaticDecoder:
         self.columns = torch.arange(max_len, device=dev)
         self.index = self.step_index  # where `_Layer.update` writes: the prompt's columns in prefill
         self._model = model
-        self.capture = dev.type == "cuda" if capture is None else capture
+        if capture is None:  # PPOLAB_STATIC_GRAPH=0: the same fixed-shape step, not captured (to compare)
+            capture = dev.type == "cuda" and os.environ.get("PPOLAB_STATIC_GRAPH", "1") != "0"
+        self.capture = capture
         self.graph, self.graph_out, self.graph_error = None, None, None
         self._step_kwargs = _cache_kwargs(model, self.cache, self.step_index)
 
