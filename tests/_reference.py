@@ -181,6 +181,33 @@ def aggregation_weights(mask, mode, norm_length=None):
     return out
 
 
+def rollout_correction_weights(logprobs, sampler_logprobs, mask, mode, cap, level):
+    """Per-token weights from rho = exp(trainer - sampler), per token or the product over a row."""
+    out = zeros_like(mask)
+    for b in range(len(mask)):
+        valid = [t for t in range(len(mask[b])) if mask[b][t]]
+        row_log_rho = sum(logprobs[b][t] - sampler_logprobs[b][t] for t in valid)
+        for t in valid:
+            log_rho = row_log_rho if level == "sequence" else logprobs[b][t] - sampler_logprobs[b][t]
+            rho = math.exp(min(log_rho, 700.0))  # > any cap; no overflow
+            if mode == "none":
+                out[b][t] = 1.0
+            elif mode == "tis":
+                out[b][t] = min(rho, cap)
+            else:
+                out[b][t] = rho if rho <= cap else 0.0
+    return out
+
+
+def mismatch_stats(logprobs, sampler_logprobs, mask):
+    """(mean |d|, max |d|, mean k3 of KL(sampler || trainer), share of r outside [0.5, 2]), d = trainer - sampler."""
+    d = [logprobs[b][t] - sampler_logprobs[b][t] for b, t in valid_positions(mask)]
+    k3 = [math.exp(x) - 1.0 - x for x in d]
+    outside = [1.0 if (math.exp(x) < 0.5 or math.exp(x) > 2.0) else 0.0 for x in d]
+    n = len(d)
+    return sum(abs(x) for x in d) / n, max(abs(x) for x in d), sum(k3) / n, sum(outside) / n
+
+
 def kl_gradient(logprobs, ref_logprobs, mask, estimator):
     """d per_token_kl / d logprob per token, differentiated by hand (r = ref - logprob)."""
     out = zeros_like(mask)

@@ -70,9 +70,12 @@ def test_rollout_from_the_merged_copy_has_the_lora_policys_logprobs(arch, shared
     r = gen.generate(PROMPTS)
     hook.remove()
     T = r.mask.shape[1]
-    assert len(calls) == 1  # the policy's own trunk ran only for the reference: sampling used the copy
-    assert torch.allclose(r.logprobs * r.mask, slow_logprobs(policy, r.input_ids, r.attention_mask, T, 0.8) * r.mask,
-                          atol=1e-5)
+    # The policy's own trunk ran for its recomputed log-probs and the reference: sampling used the copy.
+    assert len(calls) == 2
+    expected = slow_logprobs(policy, r.input_ids, r.attention_mask, T, 0.8) * r.mask
+    assert torch.allclose(r.logprobs * r.mask, expected, atol=1e-5)
+    assert r.sampler_logprobs is not r.logprobs  # the copy's own, equal to fp32 rounding
+    assert torch.allclose(r.sampler_logprobs * r.mask, expected, atol=1e-5)
     with torch.no_grad():
         base_lp = slow_logprobs(Reference(policy), r.input_ids, r.attention_mask, T, 0.8)
     assert torch.allclose(r.ref_logprobs, base_lp, atol=1e-5)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,16 @@ class GenerationConfig:
     # the base weights; no adapter matmuls per decoded token), refreshed before every rollout. The
     # rollout's log-probs stay the LoRA policy's (to fp32 rounding); the reference is unchanged.
     merged_lora_sampling: bool = False
+    # None: sample from the policy's own weights. "int8": from a copy whose linear layers hold int8
+    # weights (CPU; ppolab.models.quantized), refreshed before every rollout. The rollout's `logprobs`
+    # are then the policy's, recomputed; `sampler_logprobs` the copy's (see PPOConfig.rollout_correction).
+    sampler_quantization: str | None = None
+    # The decoding loop: "eager" (a KV cache that grows by one column per token) or "static" (one
+    # cache preallocated for the batch and prompt + max_new_tokens, fixed shapes every step, the step
+    # captured as a CUDA graph on a GPU; a LoRA policy then samples from a merged copy, as with
+    # merged_lora_sampling). Same tokens and log-probs where the arithmetic is the same
+    # (ppolab/token_attribution/static_cache.py).
+    engine: str = "eager"
 
     def validate(self) -> "GenerationConfig":
         c = "GenerationConfig"
@@ -115,6 +126,12 @@ class GenerationConfig:
                f"must be true, false or null, got {self.logprobs_from_sampling!r}")
         _check(isinstance(self.merged_lora_sampling, bool), c, "merged_lora_sampling",
                f"must be true or false, got {self.merged_lora_sampling!r}")
+        _check(self.sampler_quantization in (None, "int8"), c, "sampler_quantization",
+               f"must be null or 'int8', got {self.sampler_quantization!r}")
+        _check(not (self.sampler_quantization and self.logprobs_from_sampling), c, "logprobs_from_sampling",
+               "true would make PPO's ratio start from the quantised sampler's log-probs: with "
+               "sampler_quantization the policy's are recomputed (leave it null)")
+        _check(self.engine in ("eager", "static"), c, "engine", f"must be 'eager' or 'static', got {self.engine!r}")
         return self
 
 
@@ -157,6 +174,12 @@ class PPOConfig:
     kl_loss_estimator: str = "k3"  # k3's gradient pulls towards the reference; k1's is 0 in expectation
     clip_eps_high: float | None = None  # upper clip (clip-higher, DAPO); None = clip_eps
     dual_clip: float | None = None  # > 1: cap the loss of negative-advantage tokens at -dual_clip * A
+    # Sampler-trainer mismatch (ppolab.ppo.rollout_correction): "none", "tis" (weight each token's
+    # policy loss by min(pi_old / pi_sampler, cap)) or "mis" (drop tokens or sequences over the cap),
+    # per token or per sequence (the ratio is then the product over the response).
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0
+    rollout_correction_level: str = "token"
     seed: int = 0
 
     def validate(self) -> "PPOConfig":
@@ -212,6 +235,13 @@ class PPOConfig:
                f"must be > 0 (or null), got {self.clip_eps_high}")
         _check(self.dual_clip is None or self.dual_clip > 1, c, "dual_clip",
                f"must be > 1 (or null), got {self.dual_clip}")
+        _check(self.rollout_correction in ("none", "tis", "mis"), c, "rollout_correction",
+               f"must be 'none', 'tis' or 'mis', got {self.rollout_correction!r}")
+        # >= 1: with identical sampler and trainer (ratio 1) a correction must change nothing.
+        _check(isinstance(self.rollout_correction_cap, (int, float)) and 1.0 <= self.rollout_correction_cap < math.inf,
+               c, "rollout_correction_cap", f"must be a finite number >= 1, got {self.rollout_correction_cap!r}")
+        _check(self.rollout_correction_level in ("token", "sequence"), c, "rollout_correction_level",
+               f"must be 'token' or 'sequence', got {self.rollout_correction_level!r}")
 
     @property
     def critic_free(self) -> bool:

@@ -44,6 +44,7 @@ def clipped_policy_loss(
     dual_clip: float | None = None,
     aggregation: str = "token-mean",
     norm_length: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
 
@@ -63,6 +64,8 @@ def clipped_policy_loss(
         advantages: ``[B, T]`` (detached).
         mask: ``[B, T]``.  clip_eps, clip_eps_high: > 0.
         aggregation, norm_length: see ``aggregate_loss``.
+        weights: optional ``[B, T]`` constants multiplying each token's loss before aggregation
+            (detached): the rollout correction's ``rollout_correction_weights``.
     Returns:
         ``(loss, stats)``; loss is a scalar in the inputs' dtype; stats holds detached token
         means: ``clipfrac`` (share of valid tokens with the ratio outside the clip range, =
@@ -86,6 +89,9 @@ def clipped_policy_loss(
         cap = -float(dual_clip) * advantages  # > 0 where A < 0
         dual_hit = (advantages < 0) & (per_token > cap)
         per_token = torch.where(dual_hit, cap, per_token)
+    if weights is not None:
+        check_same_shape(weights=weights, mask=mask)
+        per_token = per_token * torch.where(mask, weights.detach().to(per_token.dtype), 0.0)
     loss = aggregate_loss(per_token, mask, aggregation, norm_length).to(logprobs.dtype)
     low, high = (ratio < 1.0 - eps).to(ratio.dtype), (ratio > 1.0 + eps_high).to(ratio.dtype)
     stats = {

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import GenerationConfig
-from ..models.builders import Reference, base_trunk, position_ids_from_mask
+from ..models.builders import Reference, base_trunk, is_peft, position_ids_from_mask
 from ..models.merged import merged_copy, refresh_merged
 from .logprobs import fuses_with, logprob_head, logprobs_and_values, response_logprobs
 from .rollout import Rollout
@@ -56,11 +56,13 @@ def timed(timings: dict, name: str):
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _lm_head_dtype(model: nn.Module, logits: torch.Tensor) -> torch.dtype:
-    """The dtype the logits are computed in (a model may upcast its output logits to fp32)."""
+def _lm_head_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the logits are computed in: the head's weights (a trimmed head's rows), else the model's."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
-    return weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else logits.dtype
+    weight = getattr(head, "weight", getattr(head, "rows", None))
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        return weight.dtype
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def kv_cache_kwargs(out) -> dict:
@@ -90,8 +92,8 @@ class SequenceGenerator:
         self.timings: dict[str, float] = {}  # seconds per phase of the last generate()
         # What samples: the policy, or a merged copy of its LoRA adapter, refreshed every generate().
         self.sampler = policy
-        if self.config.merged_lora_sampling:
-            self.sampler = merged_copy(policy)
+        if self.config.merged_lora_sampling or (self.config.engine == "static" and is_peft(policy)):
+            self.sampler = merged_copy(policy)  # the static engine captures plain weights
         if tokenizer.pad_token_id is None:
             raise ValueError("SequenceGenerator: the tokenizer has no pad token")
         if tokenizer.padding_side != "left":
@@ -120,22 +122,40 @@ class SequenceGenerator:
         device = next(self.policy.parameters()).device
         return padded["input_ids"].to(device), padded["attention_mask"].to(device)
 
+    def logprobs_from_sampling(self) -> bool:
+        """Whether the rollout's `logprobs` (PPO's ratio base) are taken from the sampling loop.
+
+        `GenerationConfig.logprobs_from_sampling` when set; by default only when the sampler is the
+        policy's own fp32 eager path, where the two agree to ~1e-6. Any other sampler (a merged LoRA
+        or int8 copy, bf16, another engine) computes differently, so the policy recomputes them and
+        the sampler's own stay in `Rollout.sampler_logprobs` (the mismatch, `rollout_correction`).
+        """
+        c = self.config
+        if c.logprobs_from_sampling is not None:
+            return c.logprobs_from_sampling
+        engine = getattr(c, "engine", "eager")  # GenerationConfig.engine of the static engine, when there
+        return self.sampler is self.policy and engine == "eager" and _lm_head_dtype(self.policy) == torch.float32
+
     def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
-        """`[B, T]` sampled response ids, their log-probs `[B, T]` (or None) and values `[B, T]` (or
+        """`[B, T]` sampled response ids, the sampler's log-probs `[B, T]` and values `[B, T]` (or
         None): a decoding loop over the KV cache.
 
         Written out instead of calling `generate()`: at RLHF batch sizes on small models the
         per-token bookkeeping of `generate()` costs as much as the model itself. Rows that have
         emitted EOS keep sampling junk that `score()` masks; the loop stops once every row is done.
-        The log-probs come from the logits each token was drawn from (see
-        `GenerationConfig.logprobs_from_sampling`); None when they are to be recomputed. With a
-        value head on the policy's trunk (`fuses_with`), the loop runs the trunk and both heads
-        itself, and V(s_t) comes from the hidden state token t is drawn from: no value pass after.
+        The log-probs, always, are those of each token under the temperature-scaled, untruncated
+        distribution of the logits it was drawn from (the trainer's definition). With a value head
+        on the policy's trunk (`fuses_with`) and the log-probs taken from sampling
+        (`logprobs_from_sampling`), the loop runs the trunk and both heads itself, and V(s_t) comes
+        from the hidden state token t is drawn from: no value pass after; else values are None.
         A vocabulary-trimmed head (`TrimmedLMHead`, no softcap) is sampled on its kept columns.
         """
         c = self.config
         stop = self.stop_ids.to(prompt_ids.device) if self.stop_ids is not None else None
-        fused = self.value_model is not None and fuses_with(self.policy, self.value_model)
+        # Values from the cached decode only alongside its log-probs: where those are recomputed, the
+        # values come from that same full forward of the policy instead.
+        fused = (self.value_model is not None and fuses_with(self.policy, self.value_model)
+                 and self.logprobs_from_sampling())
         model = self.sampler
         split = logprob_head(model)  # (head, kept ids or None, V), or None: the model's own forward
         keep_ids = split[1] if split is not None else None
@@ -155,12 +175,12 @@ class SequenceGenerator:
                 out = model(**kw, logits_to_keep=1)
                 return out.logits[:, -1], None, out
 
+        if c.engine == "static":  # the same model call, over a preallocated cache (static_cache.py)
+            from .static_cache import static_sample
+            return static_sample(self, forward, prompt_ids, prompt_mask, keep_ids, stop, fused)
         mask = prompt_mask.clone()
         positions = position_ids_from_mask(mask)
         logits, v, out = forward(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        keep_logprobs = c.logprobs_from_sampling
-        if keep_logprobs is None:
-            keep_logprobs = _lm_head_dtype(model, logits) == torch.float32
         next_pos = positions[:, -1:] + 1
         finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
         tokens, logprobs, values = [], [], []
@@ -169,9 +189,9 @@ class SequenceGenerator:
             token = keep_ids[column] if keep_ids is not None else column  # the column's vocabulary id
             tokens.append(token)
             values.append(v)
-            if keep_logprobs:  # of the untruncated distribution at the temperature, as when recomputed
-                logp = F.log_softmax(logits.float() / c.temperature, dim=-1)
-                logprobs.append(logp.gather(-1, column[:, None]).squeeze(-1))
+            # Of the untruncated distribution at the temperature, as when recomputed.
+            logp = F.log_softmax(logits.float() / c.temperature, dim=-1)
+            logprobs.append(logp.gather(-1, column[:, None]).squeeze(-1))
             if stop is not None:
                 finished |= torch.isin(token, stop)
                 if bool(finished.all()):
@@ -182,11 +202,8 @@ class SequenceGenerator:
             logits, v, out = forward(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
                                      use_cache=True, **kv_cache_kwargs(out))
             next_pos = next_pos + 1
-        # Values from the cached decode only alongside its log-probs: where those are recomputed
-        # (bf16), the values come from that same full forward instead.
-        keep_values = fused and keep_logprobs
-        return (torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1) if keep_logprobs else None,
-                torch.stack(values, dim=1) if keep_values else None)
+        return (torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1),
+                torch.stack(values, dim=1) if fused else None)
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> Rollout:
@@ -199,19 +216,23 @@ class SequenceGenerator:
                 refresh_merged(self.sampler, self.policy)  # the adapter as the last update left it
         try:
             with timed(self.timings, "generate"):
-                response, logprobs, values = self.sample(prompt_ids, prompt_mask)
-            return self.score(list(prompts), prompt_ids, prompt_mask, response, logprobs, values)
+                response, sampler_logprobs, values = self.sample(prompt_ids, prompt_mask)
+            logprobs = sampler_logprobs if self.logprobs_from_sampling() else None  # else recomputed
+            return self.score(list(prompts), prompt_ids, prompt_mask, response, logprobs, values,
+                              sampler_logprobs=sampler_logprobs)
         finally:
             self.policy.train(was_training)
 
     @torch.no_grad()
-    def score(self, prompts, prompt_ids, prompt_mask, response, logprobs=None, values=None) -> Rollout:
+    def score(self, prompts, prompt_ids, prompt_mask, response, logprobs=None, values=None,
+              sampler_logprobs=None) -> Rollout:
         """Build the Rollout of given responses `[B, T]`: mask after EOS, then one forward per model.
 
         `logprobs` `[B, T]`: the policy's log-probs of `response` if already known (from sampling);
         else the policy scores the responses in one forward too. `values` `[B, T]` likewise (from
         sampling with a value head on the policy's trunk); else the value model scores them, in the
         policy's forward when it shares its trunk and that forward runs, else in one of its own.
+        `sampler_logprobs` `[B, T]`: the sampler's own (kept in the Rollout, masked like `logprobs`).
         """
         mask, has_eos = response_mask(response, self.stop_ids)
         T = max(int(mask.sum(-1).max()), 1)  # drop columns that are padding in every row
@@ -224,8 +245,11 @@ class SequenceGenerator:
             values = values[:, :T]
         elif self.value_model is None:
             values = torch.zeros(mask.shape, device=mask.device)
+        same = sampler_logprobs is logprobs  # taken from sampling: one tensor for both
+        if sampler_logprobs is not None:
+            sampler_logprobs = sampler_logprobs[:, :T].float().masked_fill(mask == 0, 0.0)
         if logprobs is not None:
-            logprobs = logprobs[:, :T].float().masked_fill(mask == 0, 0.0)
+            logprobs = sampler_logprobs if same else logprobs[:, :T].float().masked_fill(mask == 0, 0.0)
         elif values is None and fuses_with(self.policy, self.value_model):
             with timed(self.timings, "policy_value_forward"):  # one trunk pass for both
                 logprobs, values = logprobs_and_values(self.policy, self.value_model, input_ids, attention_mask,
@@ -244,4 +268,4 @@ class SequenceGenerator:
         if self.config.stop_at_newline:  # the stop token may carry text before its newline (".\n")
             texts = [t.split("\n", 1)[0] for t in texts]
         return Rollout(prompts, prompt_ids, prompt_mask, response, mask, logprobs, ref_logprobs,
-                       values.float(), has_eos.to(response.device), texts)
+                       values.float(), has_eos.to(response.device), texts, sampler_logprobs)
