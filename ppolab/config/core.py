@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..io import write_json  # a leaf helper with no other imports of ours
+from ..errors import UserError  # no imports of its own (ppolab.io imports it too)
+from ..io import write_json  # a leaf helper whose only import of ours is ppolab.errors
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A setting is out of range or unknown; the message names the field."""
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..io import atomic_dir, write_json
 from .builders import base_trunk, disable_dropout, position_ids_from_mask
-from .tokenizer import save_prompt_format
+from .checkpoint import write_model_files
 
 
 class ScalarHead(nn.Module):
@@ -183,10 +183,7 @@ class RewardModel(ScalarModel):
         from safetensors.torch import save_file
 
         with atomic_dir(path) as tmp:
-            self.backbone.save_pretrained(tmp / "backbone")
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(tmp / "backbone")
-                save_prompt_format(self.tokenizer, tmp / "backbone")
+            write_model_files(self.backbone, self.tokenizer, tmp / "backbone")
             state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
             save_file(state, str(tmp / "head.safetensors"))
             write_json(tmp / "reward_config.json", {
