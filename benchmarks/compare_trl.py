@@ -36,11 +36,12 @@ import contextlib
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import child_env, peak_rss_mb, run_child as run_child_process
 
 REPO = Path(__file__).resolve().parent.parent
 TRL_VERSION = "1.12.0"
@@ -505,7 +506,7 @@ def child_main(args) -> None:
         rollouts_per_s=rollouts / res["seconds"], tokens_per_s=res["tokens"] / res["seconds"],
         rollouts_per_cpu_s=rollouts / res["cpu_seconds"],
         steady_rollouts_per_s=steady, threads=torch.get_num_threads(),
-        maxrss_mb_self=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        maxrss_mb_self=peak_rss_mb(),
         torch=torch.__version__, transformers=transformers.__version__, load_end=loadavg(),
         ppolab_path=str(Path(ppolab.__file__).parent),
     )
@@ -543,19 +544,8 @@ def export_revision(rev: str) -> tuple[str, str]:
 
 
 def run_child(cmd: list[str]) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(cmd[cmd.index("--threads") + 1]), **CHILD_ENV)
-    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child (and its reaped children) only
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.stderr.write(out[-4000:])
-        raise SystemExit(f"child failed (exit {proc.returncode}): {' '.join(cmd)}")
-    res = json.loads(out.strip().splitlines()[-1])
-    res["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
-    return res
+    env = child_env(fixed_mmap_threshold=False, OMP_NUM_THREADS=str(cmd[cmd.index("--threads") + 1]), **CHILD_ENV)
+    return run_child_process(cmd, env, cwd=REPO, echo=True, quiet=False)
 
 
 def median(xs):

@@ -25,11 +25,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-from memory import reset_peak, rss_mib  # benchmarks/memory.py: /proc readings
+from _common import child_env, reset_peak, rss_mib, run_child
 
 CASES = ("update_before", "update_recompute", "update_now", "ref_before", "ref_now")
 
@@ -128,17 +127,12 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-           # As in benchmarks/memory.py: every tensor >= 128 KiB in its own mapping, so RSS counts live tensors.
-           "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    env = child_env()  # every tensor >= 128 KiB in its own mapping, so RSS counts live tensors
     rows = {}
     for case in args.cases.split(","):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", case] + [
             f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "cases")]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if out.returncode != 0:
-            raise RuntimeError(f"{case} failed:\n{out.stderr[-3000:]}")
-        rows[case] = json.loads(out.stdout.strip().splitlines()[-1])
+        rows[case] = run_child(cmd, env, what=case)
         print(f"{case:<14} peak {rows[case]['peak_mib']:8.1f} MiB  {rows[case]['seconds']:.3f} s", file=sys.stderr)
     fp32_btv = args.batch * args.response_len * args.vocab * 4 / 2**20
     ratio = lambda a, b: round(rows[a][k] / rows[b][k], 3) if a in rows and b in rows else None  # noqa: E731

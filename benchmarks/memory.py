@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
+
+from _common import child_env, reset_peak, rss_mib, run_child, tiny_model_config
 
 OPTIONS = {
     "policy": "(a) full policy",
@@ -40,26 +41,6 @@ OPTIONS = {
     "lora_ref_shared": "(e) (c) + value head on shared trunk",
     "lora_ref_shared_rm": "(f) (e) + reward model (own backbone)",
 }
-
-
-def rss_mib() -> tuple[float, float]:
-    """(current RSS, peak RSS) of this process in MiB, from /proc (Linux)."""
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(rest.split()[0]) / 1024  # kB -> MiB
-    return fields["VmRSS"], fields["VmHWM"]
-
-
-def reset_peak() -> None:
-    """Make VmHWM restart from the current RSS (Linux >= 4.0), so the peak excludes import spikes."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def child(args) -> dict:
@@ -87,10 +68,8 @@ def child(args) -> dict:
 
     opt = args.child
     lora = opt != "policy" and opt != "full_plus_ref"
-    mcfg = ModelConfig(
-        arch=args.arch, n_layers=args.layers, hidden_size=args.hidden, n_heads=args.heads, n_kv_heads=args.heads,
-        intermediate_size=args.intermediate, lora=lora, lora_r=8,
-    )
+    mcfg = tiny_model_config(args.layers, args.hidden, args.heads, intermediate=args.intermediate, arch=args.arch,
+                             lora=lora, lora_r=8)
     policy = build_policy(mcfg, tok)
     ref = value = reward = None
     if opt not in ("policy", "lora_policy"):
@@ -145,16 +124,8 @@ def run_option(opt: str, args) -> dict:
            "--intermediate", str(args.intermediate), "--batch", str(args.batch),
            "--prompt-len", str(args.prompt_len), "--response-len", str(args.response_len),
            "--threads", str(args.threads)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
-    if not args.malloc_default:
-        # glibc raises its mmap threshold each time a large block is freed, after which tensors of that
-        # size come from the heap and stay resident once freed: RSS would then count allocator cache,
-        # not live tensors. A fixed threshold keeps every tensor >= 128 KiB in its own mapping.
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"option {opt} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # --malloc-default: glibc's own mmap threshold (see _common.MMAP_THRESHOLD for why it is fixed)
+    return run_child(cmd, child_env(fixed_mmap_threshold=not args.malloc_default), what=f"option {opt}")
 
 
 def main() -> None:

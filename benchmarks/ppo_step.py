@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ import torch
 
 from ppolab.config import GenerationConfig, ModelConfig, PPOConfig
 from ppolab.models import (
-    Reference, RewardModel, ValueModel, build_policy, build_tokenizer, load_causal_lm, load_tokenizer,
+    Reference, RewardModel, ValueModel, load_causal_lm, load_tokenizer,
     value_head_on_policy, wrap_lora,
 )
 from ppolab.models.vocab_trim import apply_vocab_trim
@@ -50,6 +49,8 @@ from ppolab.models.builders import position_ids_from_mask
 from ppolab.ppo import PPOTrainer
 from ppolab.token_attribution import response_logprobs
 from ppolab.token_attribution.generator import kv_cache_kwargs
+
+from _common import peak_rss_mb, tiny_llama
 
 
 def build_models(args):
@@ -61,10 +62,7 @@ def build_models(args):
         policy = apply_vocab_trim(load_causal_lm(args.model, mcfg), tok, args.vocab_trim)
         policy = wrap_lora(policy, mcfg)
     else:
-        tok = build_tokenizer(vocab_size=512)
-        mcfg = ModelConfig(arch="llama", n_layers=args.layers, hidden_size=args.hidden, n_heads=4, n_kv_heads=4,
-                           intermediate_size=4 * args.hidden, lora=args.lora)
-        policy = build_policy(mcfg, tok)
+        policy, tok = tiny_llama(args.layers, args.hidden, lora=args.lora)
     ref = Reference(policy)
     value = value_head_on_policy(policy) if args.value == "shared" else ValueModel.from_policy(policy)
     reward = RewardModel.from_causal_lm(policy, tok).eval() if args.reward == "trunk" else length_reward
@@ -253,10 +251,6 @@ def time_naive(args, batch, length) -> float:
     t0 = time.perf_counter()
     trainer.ppo_step(prompts)
     return time.perf_counter() - t0
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def grid(args, models) -> dict:

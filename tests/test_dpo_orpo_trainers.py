@@ -344,3 +344,57 @@ def test_tokenize_pairs_adds_bos_only_when_asked():
     assert row[: len(p_ids)] == p_ids  # as SFT and PPO see the prompt
     row_bos = with_bos["input_ids"][0][with_bos["attention_mask"][0].bool()].tolist()
     assert row_bos == [t.bos_token_id] + row
+
+
+# ----------------------------------------------------------------------------- validation split, best/
+
+
+def test_split_pairs_holds_out_whole_prompts():
+    from ppolab.preference.loop import split_pairs
+
+    pairs = PAIRS + [dict(PAIRS[0], chosen=" other")]  # two pairs share the first prompt
+    train, valid = split_pairs(pairs, 0.5, seed=0)
+    assert len(train) + len(valid) == len(pairs) and valid and train
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in valid}
+    assert len({p["prompt"] for p in valid}) == 2  # ceil(0.5 * 4 prompts)
+    assert split_pairs(pairs, 0.5, seed=0) == (train, valid)  # seeded
+    assert split_pairs(pairs, 0.0, seed=0) == (pairs, [])
+    with pytest.raises(ValueError, match="2 distinct prompts"):
+        split_pairs(PAIRS[:1], 0.5, seed=0)
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "orpo"])
+def test_validation_and_best_checkpoint(tok, tmp_path, trainer):
+    policy = tiny_llama(tok)
+    valid = PAIRS[2:]
+    out = tmp_path / trainer
+    if trainer == "dpo":
+        cfg = DPOConfig(beta=0.1, lr=3e-3, epochs=3, batch_size=2, max_length=64)
+        hist = train_dpo(policy, tok, PAIRS[:2], cfg, out_dir=out, progress=False, valid_pairs=valid)
+    else:
+        cfg = ORPOConfig(beta=0.5, lr=3e-3, epochs=3, batch_size=2, max_length=64)
+        hist = train_orpo(policy, tok, PAIRS[:2], cfg, out_dir=out, progress=False, valid_pairs=valid)
+    assert len(hist) == 3  # one step per epoch: every record closes an epoch
+    losses = [h["valid_loss"] for h in hist]
+    assert all(math.isfinite(v) and 0 <= h["valid_accuracy"] <= 1 for v, h in zip(losses, hist))
+    if trainer == "dpo":  # the reference is the initial policy: before any update h = 0, after it not
+        assert losses[0] != pytest.approx(math.log(2), abs=1e-6)
+    best_epoch = min(range(3), key=losses.__getitem__)
+    log = json.loads((out / "best" / "training_log.json").read_text())
+    assert log["trainer"] == trainer and log["history"][-1]["epoch"] == best_epoch
+    assert log["history"][-1]["valid_loss"] == pytest.approx(min(losses))
+    assert (out / "config.json").is_file() and (out / "best" / "config.json").is_file()
+    final = json.loads((out / "training_log.json").read_text())
+    assert len(final["history"]) == 3 and final["config"]["save_best"] is True
+    # The best model is the one of that epoch: its validation loss is what was recorded.
+    best_model = LlamaForCausalLM.from_pretrained(out / "best")
+    if trainer == "orpo":
+        assert orpo_full_loss(best_model, tok, valid, 0.5)[0] == pytest.approx(min(losses), abs=1e-4)
+
+
+def test_valid_fraction_holds_out_pairs(tok):
+    hist = train_orpo(tiny_llama(tok), tok, PAIRS, ORPOConfig(epochs=1, batch_size=8, valid_fraction=0.25),
+                      progress=False)
+    assert len(hist) == 1 and "valid_loss" in hist[0]
+    hist = train_orpo(tiny_llama(tok), tok, PAIRS, ORPOConfig(epochs=1, batch_size=8), progress=False)
+    assert "valid_loss" not in hist[0]

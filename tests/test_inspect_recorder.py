@@ -12,7 +12,7 @@ from ppolab.inspect import RolloutRecorder, load_rollouts, read_records, token_t
 from ppolab.models import Reference, ValueModel
 from ppolab.ppo.trainer import PPOTrainer
 from ppolab.token_attribution import response_logprobs
-from tests.helpers import tiny_policy, tiny_tokenizer
+from tests.helpers import ppo_trainer, tiny_policy, tiny_tokenizer
 
 PROMPTS = ["Translate English to Arabic: hello", "Good morning, friend", "Where is the station?", "Merci beaucoup"]
 
@@ -22,12 +22,8 @@ def arabic_fraction(prompts, responses):
 
 
 def make_trainer(recorder, **ppo):
-    torch.manual_seed(0)
-    tok = tiny_tokenizer()
-    policy = tiny_policy()
-    cfg = PPOConfig(**{"batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2, "lr": 1e-2, "kl_coef": 0.05, **ppo})
-    return PPOTrainer(cfg, policy, Reference(policy), ValueModel.from_policy(policy), arabic_fraction, tok,
-                      GenerationConfig(max_new_tokens=8), recorder=recorder)
+    return ppo_trainer(reward=arabic_fraction, seed=0, recorder=recorder,
+                       **{"batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2, "lr": 1e-2, "kl_coef": 0.05, **ppo})
 
 
 def step_by_hand(t: PPOTrainer):

@@ -14,7 +14,7 @@ from ppolab.models import (Reference, RewardModel, ValueModel, base_trunk, build
 from ppolab.models.builders import left_pad, position_ids_from_mask
 from ppolab.ppo.trainer import PPOTrainer
 from ppolab.token_attribution import Rollout, response_logprobs
-from tests.helpers import tiny_policy, tiny_tokenizer
+from tests.helpers import ppo_trainer, tiny_policy, tiny_tokenizer
 
 PROMPTS = ["Translate English to Arabic: hello", "Good morning, friend", "Where is the station?", "Merci beaucoup"]
 TINY = dict(hidden_size=32, n_heads=4, n_kv_heads=2, intermediate_size=64)
@@ -25,10 +25,9 @@ def const_reward(prompts, responses):
 
 
 def make_trainer(policy, reward=const_reward, ref="copy", tok=None, max_new_tokens=4, **ppo):
-    cfg = PPOConfig(**{"batch_size": 4, "minibatch_size": 4, "ppo_epochs": 1, "lr": 1e-3, **ppo})
-    ref = Reference(policy) if ref == "copy" else ref
-    return PPOTrainer(cfg, policy, ref, ValueModel.from_policy(policy), reward, tok or tiny_tokenizer(),
-                      GenerationConfig(max_new_tokens=max_new_tokens))
+    return ppo_trainer(policy, tok=tok, reward=reward, ref=None if ref == "copy" else ref,
+                       max_new_tokens=max_new_tokens,
+                       **{"batch_size": 4, "minibatch_size": 4, "ppo_epochs": 1, "lr": 1e-3, **ppo})
 
 
 def some_ids(tok=None):

@@ -7,7 +7,7 @@ import torch
 from ppolab.config import GenerationConfig, PPOConfig
 from ppolab.models import Reference, ValueModel, base_trunk, value_head_on_policy
 from ppolab.ppo.trainer import PPOTrainer
-from tests.helpers import tiny_policy, tiny_tokenizer
+from tests.helpers import ppo_trainer, tiny_policy, tiny_tokenizer
 
 PROMPTS = ["Translate English to Arabic: hello", "Good morning, friend", "Where is the station?", "Merci beaucoup"]
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
@@ -18,10 +18,8 @@ def arabic_fraction(prompts, responses):
 
 
 def make_trainer(policy, value):
-    torch.manual_seed(0)
-    cfg = PPOConfig(batch_size=8, minibatch_size=4, ppo_epochs=2, lr=3e-3, kl_coef=0.01)
-    return PPOTrainer(cfg, policy, Reference(policy), value, arabic_fraction, tiny_tokenizer(),
-                      GenerationConfig(max_new_tokens=8))
+    return ppo_trainer(policy, value=value, reward=arabic_fraction, seed=0,
+                       batch_size=8, minibatch_size=4, ppo_epochs=2, lr=3e-3, kl_coef=0.01)
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -7,7 +7,7 @@ import torch
 from ppolab.config import GenerationConfig, PPOConfig
 from ppolab.models import Reference, RewardModel, ValueModel
 from ppolab.ppo.trainer import PPOTrainer
-from tests.helpers import tiny_policy, tiny_tokenizer
+from tests.helpers import ppo_trainer, tiny_policy, tiny_tokenizer
 
 PROMPTS = ["Translate English to Arabic: hello", "Good morning, friend", "Where is the station?", "Merci beaucoup"]
 
@@ -18,12 +18,8 @@ def arabic_fraction(prompts, responses):
 
 
 def make_trainer(lora=False, reward=arabic_fraction, **ppo):
-    torch.manual_seed(0)
-    tok = tiny_tokenizer()
-    policy = tiny_policy(lora=lora)
-    cfg = PPOConfig(**{"batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2, "lr": 3e-3, "kl_coef": 0.01, **ppo})
-    value = None if cfg.critic_free else ValueModel.from_policy(policy)
-    return PPOTrainer(cfg, policy, Reference(policy), value, reward, tok, GenerationConfig(max_new_tokens=8))
+    return ppo_trainer(lora=lora, reward=reward, value="auto", seed=0,
+                       **{"batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2, "lr": 3e-3, "kl_coef": 0.01, **ppo})
 
 
 def _snapshot(module):

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..io import write_json  # a leaf helper with no other imports of ours
+from ..errors import UserError  # no imports of its own (ppolab.io imports it too)
+from ..io import write_json  # a leaf helper whose only import of ours is ppolab.errors
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A setting is out of range or unknown; the message names the field."""
 
 
@@ -26,7 +27,8 @@ class ModelConfig:
     """Which models play policy, reference, value and reward.
 
     `policy_path=None` builds a tiny model locally from `arch`/`n_layers`/`hidden_size`
-    (no download); a path loads a real checkpoint with `from_pretrained(path)`.
+    (no download); a path loads a real checkpoint with `from_pretrained(path)`. A tiny model's
+    vocabulary is its tokenizer's (`len(tokenizer)`), so it has no setting here.
     """
 
     policy_path: str | None = None  # None: tiny model built offline from the fields below
@@ -38,7 +40,6 @@ class ModelConfig:
     n_kv_heads: int = 2
     intermediate_size: int = 128
     max_position_embeddings: int = 512
-    vocab_size: int = 512  # tiny tokenizer size (byte-level BPE trained in memory)
     lora: bool = False  # LoRA policy; the reference is then the base with the adapter off
     lora_r: int = 8
     lora_alpha: int = 16
@@ -65,7 +66,7 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         c = "ModelConfig"
         _check(self.arch in ("gemma2", "llama"), c, "arch", f"must be 'gemma2' or 'llama', got {self.arch!r}")
-        for name in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size"):
+        for name in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "intermediate_size"):
             _check(getattr(self, name) >= 1, c, name, f"must be >= 1, got {getattr(self, name)}")
         _check(self.hidden_size % self.n_heads == 0, c, "hidden_size", "must be divisible by n_heads")
         _check(self.n_heads % self.n_kv_heads == 0, c, "n_kv_heads", "must divide n_heads")
@@ -247,10 +248,6 @@ class PPOConfig:
     def critic_free(self) -> bool:
         """True when the advantage needs no value model (every estimator but GAE)."""
         return self.advantage_estimator != "gae"
-
-    @property
-    def effective_micro_batch_size(self) -> int:
-        return self.micro_batch_size or self.minibatch_size
 
     @property
     def effective_value_lr(self) -> float:

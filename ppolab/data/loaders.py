@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..errors import UserError
+
 __all__ = [
     "CorpusError",
     "LoadResult",
@@ -111,7 +113,7 @@ class TranslationExample:
         return f"{self.src_lang}->{self.tgt_lang}"
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """A corpus file is unreadable or contains a bad row.
 
     Attributes: ``path``; ``line`` (1-based line, or row for datasets-backed

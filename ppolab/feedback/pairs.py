@@ -24,7 +24,7 @@ import json
 import os
 from typing import Any, Iterable
 
-from ppolab.feedback.store import FeedbackError
+from ppolab.errors import FeedbackError
 
 __all__ = ["pairs_from_feedback", "pairs_from_ratings", "load_ratings", "dedupe_pairs"]
 

@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
+from ppolab.errors import FeedbackError  # defined there so pairs.py needs nothing of this module
+
 __all__ = [
     "Candidate",
     "CandidateSource",
@@ -49,19 +51,6 @@ class Candidate(NamedTuple):
 
 # A pluggable generator of candidates: source text -> candidates, best first.
 CandidateSource = Callable[[str], Sequence[Candidate]]
-
-
-class FeedbackError(ValueError):
-    """Invalid feedback or item; the message says what is wrong.
-
-    ``kind`` lets callers (the HTTP server) pick a status code without
-    parsing messages: "invalid" (bad input), "not_found" (unknown item),
-    "conflict" (already annotated / submission id reused differently).
-    """
-
-    def __init__(self, message: str, kind: str = "invalid") -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -421,7 +410,6 @@ class FeedbackStore:
         ``human_preferences.jsonl`` into. The file is written to a temporary
         sibling and renamed over the target, so a reader never sees half a file.
         """
-        # Imported here: pairs imports FeedbackError from this module.
         from ppolab.feedback.pairs import pairs_from_feedback
         from ppolab.io import write_jsonl
 

@@ -317,6 +317,11 @@ def build_policy(cfg: ModelConfig, tokenizer) -> nn.Module:
 
 
 def is_peft(model: nn.Module) -> bool:
+    """True when `model` carries a peft adapter it can switch off (`disable_adapter`, `peft_config`).
+
+    Duck-typed, so any peft wrapper counts; `ppolab.preference.loop.is_peft_model_instance` is the
+    strict `isinstance(model, peft.PeftModel)`.
+    """
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 

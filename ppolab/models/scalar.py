@@ -11,7 +11,7 @@ from torch import nn
 
 from ..io import atomic_dir, write_json
 from .builders import base_trunk, disable_dropout, position_ids_from_mask
-from .tokenizer import save_prompt_format
+from .checkpoint import write_model_files
 
 
 class ScalarHead(nn.Module):
@@ -187,11 +187,8 @@ class RewardModel(ScalarModel):
 
         with atomic_dir(path) as tmp:
             # A 4/8-bit trunk is saved in full precision; `load(path, model_config)` quantizes it again.
-            (dequantized_copy(self.backbone) if is_quantized(self.backbone) else self.backbone).save_pretrained(
-                tmp / "backbone")
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(tmp / "backbone")
-                save_prompt_format(self.tokenizer, tmp / "backbone")
+            write_model_files(dequantized_copy(self.backbone) if is_quantized(self.backbone) else self.backbone,
+                              self.tokenizer, tmp / "backbone")
             state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
             save_file(state, str(tmp / "head.safetensors"))
             write_json(tmp / "reward_config.json", {

@@ -9,33 +9,21 @@ where both terms use *length-averaged* response log-probabilities. The SFT term 
 chosen response up; the odds-ratio term pushes the rejected one down relative to it.
 
 Training-loop conventions (train mode with every dropout probability set to 0, seeded private
-shuffling, one ``2B`` forward, metrics from the pre-update forward, atomic save) are the same as
-in :mod:`ppolab.preference.dpo`.
+shuffling, one ``2B`` forward, metrics from the pre-update forward, validation split, best and
+final checkpoints) are DPO's: both run :func:`ppolab.preference.loop.train_policy_on_pairs`.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
-from ppolab.preference.dpo import (
-    _batches,
-    _check_common,
-    _backward_and_step,
-    _record,
-    _model_device,
-    _pair_logps,
-    _save_atomic,
-    _train_mode_without_dropout,
-    _trainable_params,
-)
-from ppolab.preference.logprobs import check_pairs
-from ppolab.preference.losses import log_odds, orpo_odds_ratio_loss
+from .logprobs import check_pairs
+from .loop import check_loop_config, model_device, pair_logps, split_pairs, train_policy_on_pairs
+from .losses import log_odds, orpo_odds_ratio_loss
 
 __all__ = ["ORPOConfig", "train_orpo"]
 
@@ -46,7 +34,8 @@ class ORPOConfig:
 
     ``beta``: weight of the odds-ratio term (the paper's lambda, 0.1). ``lr``: AdamW learning
     rate (8e-6 as in the paper for full fine-tuning). ``weight_decay`` and ``grad_clip``
-    (``None`` disables) mirror :class:`~ppolab.preference.dpo.DPOConfig`.
+    (``None`` disables), ``valid_fraction`` and ``save_best`` mirror
+    :class:`~ppolab.preference.dpo.DPOConfig`.
     """
 
     beta: float = 0.1
@@ -57,11 +46,13 @@ class ORPOConfig:
     seed: int = 0
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
+    valid_fraction: float = 0.0
+    save_best: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
-        _check_common(self)
+        check_loop_config(self)
 
 
 def train_orpo(
@@ -71,6 +62,7 @@ def train_orpo(
     config: ORPOConfig,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    valid_pairs: Sequence[Mapping] | None = None,
 ) -> list[dict]:
     """Train ``policy`` in place with ORPO on preference ``pairs``.
 
@@ -79,57 +71,51 @@ def train_orpo(
         tokenizer: HF tokenizer (needs ``eos_token_id``).
         pairs: dicts with str ``prompt``, ``chosen``, ``rejected`` (extra keys ignored).
         config: :class:`ORPOConfig`.
-        out_dir: if given, ``save_pretrained`` policy + tokenizer there at the end (atomically).
+        out_dir: if given, the policy + tokenizer are saved there at the end (atomically; a LoRA
+            policy merged, its adapter in ``adapter/``), the best-validation epoch in ``best/``.
         progress: show a tqdm bar.
+        valid_pairs: validation pairs; None: ``config.valid_fraction`` of ``pairs``' prompts.
 
     Returns:
         One dict per optimizer step: ``step, epoch, loss, nll, or_loss, log_odds,
         log_odds_accuracy, chosen_avg_logps, rejected_avg_logps, grad_norm`` (batch means;
         ``log_odds`` is log odds(chosen) - log odds(rejected), ``log_odds_accuracy`` the fraction
-        of pairs where it is > 0).
+        of pairs where it is > 0). With validation pairs each epoch's last step also has
+        ``valid_loss`` and ``valid_accuracy`` (the log-odds accuracy on the validation pairs).
     """
     if not isinstance(config, ORPOConfig):
         raise TypeError(f"config must be an ORPOConfig, got {type(config).__name__}")
     pairs = check_pairs(pairs)
-    device = _model_device(policy)
-    params = _trainable_params(policy)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    n = len(pairs)
-    total_steps = config.epochs * math.ceil(n / config.batch_size)
-    history: list[dict] = []
-    step = 0
-    with _train_mode_without_dropout(policy), torch.enable_grad(), tqdm(
-        total=total_steps, disable=not progress, desc="orpo", dynamic_ncols=True
-    ) as bar:
-        for epoch in range(config.epochs):
-            order = torch.randperm(n, generator=gen).tolist()
-            for _, prompts, ch, rj in _batches(pairs, order, config.batch_size):
-                c_avg, r_avg = _pair_logps(policy, tokenizer, prompts, ch, rj, config.max_length, device, True)
-                nll = -c_avg  # [b]
-                or_losses = orpo_odds_ratio_loss(c_avg, r_avg, beta=config.beta)  # [b]
-                loss = (nll + or_losses).mean()
-                grad_norm = _backward_and_step(loss, params, optimizer, config.grad_clip, step)
-                with torch.no_grad():
-                    ratio = log_odds(c_avg) - log_odds(r_avg)
-                metrics = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": float(loss.detach()),
-                    "nll": float(nll.detach().mean()),
-                    "or_loss": float(or_losses.detach().mean()),
-                    "log_odds": float(ratio.mean()),
-                    "log_odds_accuracy": float((ratio > 0).float().mean()),
-                    "chosen_avg_logps": float(c_avg.detach().mean()),
-                    "rejected_avg_logps": float(r_avg.detach().mean()),
-                    "grad_norm": grad_norm,
-                }
-                _record(history, bar, metrics, "log_odds")
-                step += 1
+    if valid_pairs is None:
+        pairs, valid_pairs = split_pairs(pairs, config.valid_fraction, config.seed)
+    elif valid_pairs:
+        valid_pairs = check_pairs(valid_pairs)
+    device = model_device(policy)
 
-    if out_dir is not None:
-        _save_atomic(
-            policy, tokenizer, out_dir,
-            {"trainer": "orpo", "config": dataclasses.asdict(config), "history": history},
-        )
-    return history
+    def losses_of(batch):
+        c_avg, r_avg = pair_logps(policy, tokenizer, batch, config.max_length, device, True)
+        nll = -c_avg  # [b]
+        or_losses = orpo_odds_ratio_loss(c_avg, r_avg, beta=config.beta)  # [b]
+        return nll, or_losses, c_avg, r_avg
+
+    def step_loss(idx, batch):
+        nll, or_losses, c_avg, r_avg = losses_of(batch)
+        with torch.no_grad():
+            ratio = log_odds(c_avg) - log_odds(r_avg)
+        return (nll + or_losses).mean(), {
+            "nll": float(nll.detach().mean()),
+            "or_loss": float(or_losses.detach().mean()),
+            "log_odds": float(ratio.mean()),
+            "log_odds_accuracy": float((ratio > 0).float().mean()),
+            "chosen_avg_logps": float(c_avg.detach().mean()),
+            "rejected_avg_logps": float(r_avg.detach().mean()),
+        }
+
+    def valid_loss(idx, batch):
+        nll, or_losses, c_avg, r_avg = losses_of(batch)
+        return nll + or_losses, log_odds(c_avg) - log_odds(r_avg) > 0
+
+    return train_policy_on_pairs(
+        policy, tokenizer, pairs, valid_pairs, config, step_loss, valid_loss,
+        name="orpo", shown="log_odds", out_dir=out_dir, progress=progress,
+    )

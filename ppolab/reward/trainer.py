@@ -28,8 +28,9 @@ Design decisions:
   (final norm, head); the embeddings unfreeze last, in the final epoch. The optimizer is built
   once over every parameter that will ever train; a frozen parameter has ``grad=None`` and
   AdamW skips it entirely (no update, no weight decay), so it stays exactly as it was.
-* Shuffling uses a private ``torch.Generator`` seeded by ``config.seed``; the global RNG is not
-  touched. Metrics of a step come from its forward pass, before its update.
+* The loop is DPO's and ORPO's (:func:`ppolab.preference.loop.train_on_pairs`): a private
+  ``torch.Generator`` seeded by ``config.seed`` shuffles (the global RNG is not touched), metrics
+  of a step come from its forward pass, before its update, and a non-finite gradient norm raises.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from ..config.core import ConfigError, config_to_dict
 from ..io import write_json
 from ..models.builders import left_pad
 from ..models.scalar import RewardModel, reward_text
+from ..preference.loop import train_on_pairs
 from ..preference.losses import bradley_terry_loss
 
 __all__ = [
@@ -374,66 +376,59 @@ def train_reward_model(
                        "and will be stale afterwards: call normalize_reward_model again",
                        float(model.norm_mean), float(model.norm_std))
 
-    from tqdm.auto import tqdm
-
     _check_trainable_trunk(model, config)
     grad_flags = {id(p): p.requires_grad for p in model.parameters()}
     was_training = model.training
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = _optimizer(model, config)
     dev = next(model.parameters()).device
     history: list[dict] = []
-    step = 0
+    epoch_sums = {"loss": 0.0, "correct": 0, "steps": 0, "t0": 0.0, "unfrozen": 0, "trainable": []}
+
+    def start_epoch(epoch: int) -> list[nn.Parameter]:
+        epoch_sums.update(loss=0.0, correct=0, steps=0, t0=time.perf_counter())
+        epoch_sums["unfrozen"] = apply_unfreeze_schedule(model, config, epoch)
+        epoch_sums["trainable"] = [p for p in model.parameters() if p.requires_grad]
+        model.train()
+        return epoch_sums["trainable"]
+
+    def step_loss(idx, batch):
+        rc, rr = _pair_scores(model, batch, config.max_length)
+        m = _margins(batch, config.margin_from_scores)
+        losses = bradley_terry_loss(rc, rr, None if m is None else m.to(dev))  # [B]
+        batch_correct = int((rc > rr).sum())
+        epoch_sums["loss"] += float(losses.detach().sum())
+        epoch_sums["correct"] += batch_correct
+        epoch_sums["steps"] += 1
+        return losses.mean(), {"accuracy": batch_correct / len(batch)}
+
+    def on_step(record: dict) -> None:
+        if log is not None:  # 1-based step: the number of updates made so far
+            log({"kind": "step", "step": record["step"] + 1, "epoch": record["epoch"], "loss": record["loss"],
+                 "accuracy": record["accuracy"], "grad_norm": record["grad_norm"]})
+
+    def end_epoch(epoch: int, last: dict) -> None:
+        entry = {
+            "epoch": epoch, "steps": epoch_sums["steps"],
+            "train_loss": epoch_sums["loss"] / len(pairs), "train_accuracy": epoch_sums["correct"] / len(pairs),
+            "val_loss": None, "val_accuracy": None, "val_mean_margin": None,
+            "unfrozen_layers": epoch_sums["unfrozen"],
+            "trainable_params": sum(p.numel() for p in epoch_sums["trainable"]),
+        }
+        if valid_pairs is not None and ((epoch + 1) % config.eval_every_epochs == 0 or epoch == config.epochs - 1):
+            ev = evaluate_reward_model(model, valid_pairs, config.batch_size, config.max_length,
+                                       config.margin_from_scores)
+            entry.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"], val_mean_margin=ev["mean_margin"])
+        entry["seconds"] = time.perf_counter() - epoch_sums["t0"]
+        history.append(entry)
+        logger.info("reward epoch %d: %s", epoch, entry)
+        if log is not None:
+            log({"kind": "epoch", **entry})
+
     try:
-        for epoch in range(config.epochs):
-            t0 = time.perf_counter()
-            unfrozen = apply_unfreeze_schedule(model, config, epoch)
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            model.train()
-            order = torch.randperm(len(pairs), generator=generator).tolist()
-            loss_sum, correct, steps = 0.0, 0, 0
-            bar = tqdm(range(0, len(order), config.batch_size), desc=f"reward epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress, leave=False)
-            for start in bar:
-                batch = [pairs[i] for i in order[start : start + config.batch_size]]
-                rc, rr = _pair_scores(model, batch, config.max_length)
-                m = _margins(batch, config.margin_from_scores)
-                losses = bradley_terry_loss(rc, rr, None if m is None else m.to(dev))  # [B]
-                loss = losses.mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip))
-                else:
-                    grads = [p.grad.norm() for p in trainable if p.grad is not None]
-                    grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
-                optimizer.step()
-                step += 1
-                steps += 1
-                batch_loss, batch_correct = float(losses.detach().sum()), int((rc > rr).sum())
-                loss_sum += batch_loss
-                correct += batch_correct
-                bar.set_postfix(loss=f"{batch_loss / len(batch):.4f}")
-                if log is not None:
-                    log({"kind": "step", "step": step, "epoch": epoch, "loss": batch_loss / len(batch),
-                         "accuracy": batch_correct / len(batch), "grad_norm": grad_norm})
-            bar.close()
-            entry = {
-                "epoch": epoch, "steps": steps,
-                "train_loss": loss_sum / len(pairs), "train_accuracy": correct / len(pairs),
-                "val_loss": None, "val_accuracy": None, "val_mean_margin": None,
-                "unfrozen_layers": unfrozen, "trainable_params": sum(p.numel() for p in trainable),
-            }
-            last = epoch == config.epochs - 1
-            if valid_pairs is not None and ((epoch + 1) % config.eval_every_epochs == 0 or last):
-                ev = evaluate_reward_model(model, valid_pairs, config.batch_size, config.max_length,
-                                           config.margin_from_scores)
-                entry.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"], val_mean_margin=ev["mean_margin"])
-            entry["seconds"] = time.perf_counter() - t0
-            history.append(entry)
-            logger.info("reward epoch %d: %s", epoch, entry)
-            if log is not None:
-                log({"kind": "epoch", **entry})
+        train_on_pairs(
+            pairs, step_loss, _optimizer(model, config), [], epochs=config.epochs, batch_size=config.batch_size,
+            seed=config.seed, grad_clip=config.grad_clip, desc="reward", progress=progress,
+            start_epoch=start_epoch, end_epoch=end_epoch, on_step=on_step,
+        )
     finally:
         for p in model.parameters():
             p.requires_grad_(grad_flags[id(p)])

@@ -18,7 +18,6 @@ Both folders are written atomically (`ppolab.io.atomic_dir`): a crash never leav
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -31,11 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, config_to_dict
-from ..io import atomic_dir, write_json
-from ..models import is_peft, load_causal_lm, load_tokenizer, position_ids_from_mask
-from ..models.tokenizer import save_prompt_format
-from ..models.vocab_trim import apply_vocab_trim
-from ..models.builders import left_pad
+from ..models.builders import left_pad, position_ids_from_mask
+from ..models.checkpoint import load_model_checkpoint, save_model_checkpoint
 from .translate import encode_prompt, evaluate_translation, format_target
 
 __all__ = [
@@ -176,39 +172,10 @@ def warmup_linear_decay(step: int, total_steps: int, warmup_steps: int) -> float
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def save_sft(model: nn.Module, tokenizer, path: str | Path, extra: dict | None = None) -> Path:
-    """`save_pretrained` model + tokenizer into `path` atomically; `extra` maps file name -> JSON data.
-
-    A LoRA (peft) model is saved merged into its base, so `load_sft` gets a plain causal LM.
-    """
-    if is_peft(model):
-        model = copy.deepcopy(model).merge_and_unload()
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_prompt_format(tokenizer, tmp)
-        for name, data in (extra or {}).items():
-            write_json(tmp / name, data)
-    return Path(path)
-
-
-def load_sft(out_dir: str | Path, model_config=None):
-    """`(model, tokenizer)` from a `train_sft` out_dir (its `final/`), a model folder itself, or a
-    known pretrained name (`gemma3-270m`). `model_config` (a `ModelConfig`) sets dtype, quantisation
-    and gradient checkpointing of the load; LoRA is the caller's to add."""
-    from ..models.pretrained import resolve_model_path
-
-    path = Path(resolve_model_path(out_dir))
-    for candidate in (path / "final", path):
-        if (candidate / "config.json").is_file():
-            model, tok = load_causal_lm(str(candidate), model_config).eval(), load_tokenizer(str(candidate))
-            return apply_vocab_trim(model, tok, getattr(model_config, "vocab_trim", None)), tok
-    raise FileNotFoundError(
-        f"no SFT checkpoint at {path}: expected {path / 'final' / 'config.json'} or {path / 'config.json'} "
-        "(train_sft writes one when given out_dir)"
-    )
+# Saving and loading live in ppolab.models.checkpoint (every trainer's layout); these are its
+# names from before, kept so `from ppolab.sft import load_sft, save_sft` goes on working.
+save_sft = save_model_checkpoint
+load_sft = load_model_checkpoint
 
 
 # -------------------------------------------------------------------------------- training

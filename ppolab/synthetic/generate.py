@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from ..data import TranslationExample, build_prompt
+from ..errors import UserError
 from ..io import atomic_open, write_json
 from .strategies import PAIR_STRATEGIES, SamplingStrategy, SynthConfig
 
@@ -78,7 +79,7 @@ PAIR_FIELDS: dict[str, type] = {
 Key = tuple[str, str]  # (source_id, direction)
 
 
-class PreferenceFileError(ValueError):
+class PreferenceFileError(UserError):
     """A preference or candidates file has a malformed line; the message is ``path:line: reason``."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, reason: str):

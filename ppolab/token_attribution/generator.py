@@ -1,8 +1,6 @@
 """SequenceGenerator: sample responses with the KV cache, then score every token in one forward per model."""
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +11,7 @@ from ..models.builders import Reference, base_trunk, is_peft, position_ids_from_
 from ..models.merged import merged_copy, refresh_merged
 from .logprobs import fuses_with, logprob_head, logprobs_and_values, response_logprobs
 from .rollout import Rollout
+from ..timing import timed  # (ppolab.token_attribution.generator.timed stays importable)
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,18 +41,6 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int = 0, 
         drop = probs.cumsum(-1) - probs > top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
-
-
-@contextmanager
-def timed(timings: dict, name: str):
-    """Add the wall time of the block to timings[name] (syncing CUDA so the time is real)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    yield
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _lm_head_dtype(model: nn.Module) -> torch.dtype:
