@@ -499,3 +499,8 @@ def gathered(*models: nn.Module | None) -> Iterator[None]:
             group.post_forward_mesh_info = info
         for m in units:
             m.reshard()
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (a collective: every rank must call it), else `t`."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
