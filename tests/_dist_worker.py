@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script, the tests package is not importable otherwise
     sys.path.insert(0, str(ROOT))
 
+from ppolab import distributed as dist  # noqa: E402
 from ppolab.config import GenerationConfig, ModelConfig, PPOConfig  # noqa: E402
 from ppolab.models import Reference, ValueModel, build_policy  # noqa: E402
 from ppolab.ppo.trainer import PPOTrainer  # noqa: E402
@@ -66,19 +67,20 @@ def shard(rollout: dict, rank: int, n_ranks: int = N_RANKS) -> Rollout:
     prompt_mask, mask = rollout["prompt_mask"][rows], rollout["mask"][rows]
     P = int(prompt_mask.sum(-1).max())  # prompts are left-padded: keep the last P columns
     T = int(mask.sum(-1).max())  # responses are right-padded: keep the first T columns
-    f = {k: v[rows] for k, v in rollout.items()}
+    f = {k: v[rows] for k, v in rollout.items() if v is not None}
     return Rollout(
         prompts=f["prompts"], prompt_ids=f["prompt_ids"][:, -P:], prompt_mask=prompt_mask[:, -P:],
         response_ids=f["response_ids"][:, :T], mask=mask[:, :T], logprobs=f["logprobs"][:, :T],
         ref_logprobs=f["ref_logprobs"][:, :T], values=f["values"][:, :T], has_eos=f["has_eos"],
         response_texts=f["response_texts"],
+        sampler_logprobs=f["sampler_logprobs"][:, :T] if "sampler_logprobs" in f else None,
     )
 
 
 def params(trainer: PPOTrainer) -> dict[str, dict[str, torch.Tensor]]:
     return {
-        "policy": {k: v.detach().clone() for k, v in trainer.policy.named_parameters()},
-        "value": {k: v.detach().clone() for k, v in trainer.value.named_parameters()},
+        "policy": {k: dist.full_tensor(v.detach()).clone() for k, v in trainer.policy.named_parameters()},
+        "value": {k: dist.full_tensor(v.detach()).clone() for k, v in trainer.value.named_parameters()},
     }
 
 
@@ -124,7 +126,7 @@ def main(outdir: Path) -> None:
         t = make_trainer(config, tokenizer)
         local = shard(rollout, rank)
         exp = t.make_experience(local)
-        result[name] = {"experience": {k: exp[k] for k in ("mask", "rewards", "advantages", "returns")},
+        result[name] = {"experience": {k: getattr(exp, k) for k in ("mask", "rewards", "advantages", "returns")},
                         "train_stats": t.update(exp), **params(t)}
 
     t = make_trainer(CONFIG_C, tokenizer, reward=arabic_fraction)

@@ -75,8 +75,8 @@ def make_trainer(case: str, tokenizer, micro_batch_size: int = 0) -> PPOTrainer:
         value = value_head_on_policy(policy) if variant["value"] == "shared" else ValueModel.from_policy(policy)
     t = PPOTrainer(config, policy, Reference(policy), value, length_reward, tokenizer,
                    GenerationConfig(max_new_tokens=RESPONSE_WIDTH))
-    if distributed.is_distributed() and not distributed.is_sharded(t.policy):  # TEMP until the trainer seam
-        distributed.shard_models(t.policy, t.ref, t.value, None)
+    # Under torchrun the trainer has sharded every model (dist.prepare_models): the SGD optimizers
+    # below take the FSDP2 shards (DTensors), as the trainer's own AdamW does.
     t.policy_optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=SGD_LR)
     if value is not None:
         t.value_optimizer = torch.optim.SGD(value.trainable_parameters(), lr=SGD_LR)

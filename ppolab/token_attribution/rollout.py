@@ -26,7 +26,8 @@ class Rollout:
 
     prompt_ids `[B, P]` left-padded, prompt_mask `[B, P]`; response_ids `[B, T]`, right-padded
     with pad after EOS; mask `[B, T]` 1 up to and including EOS; logprobs, ref_logprobs, values
-    `[B, T]`; has_eos `[B]` bool. Row b's action t is response_ids[b, t]; its state is the prompt
+    `[B, T]`; has_eos `[B]` bool; sampler_logprobs `[B, T]` or None: the sampler's own log-probs of
+    the tokens it drew (for rollout correction; `logprobs` are what the PPO ratio uses). Row b's action t is response_ids[b, t]; its state is the prompt
     followed by response_ids[b, :t].
     """
 
@@ -40,6 +41,7 @@ class Rollout:
     values: torch.Tensor
     has_eos: torch.Tensor
     response_texts: list[str]
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
