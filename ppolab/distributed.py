@@ -1,4 +1,4 @@
-"""Data parallelism for `PPOTrainer` under `torchrun`: the few collectives a PPO step needs.
+"""Data parallelism for `PPOTrainer` under `torchrun`: model sharding and the few collectives a PPO step needs.
 
 Launch with `torchrun --nproc_per_node=N script.py`; the script calls
 `torch.distributed.init_process_group()` (gloo on CPU, NCCL on GPU, after
@@ -6,11 +6,18 @@ Launch with `torchrun --nproc_per_node=N script.py`; the script calls
 passes its own `PPOConfig.batch_size / N` prompts to `ppo_step` and the step is
 *the same step* as one process on the N shards concatenated:
 
+* the models are placed by `prepare_models`: by default (`ModelConfig.sharding`) every
+  model is sharded with FSDP2 (`shard_models`: each decoder layer, the embeddings with a
+  tied head, the trunk, the root), so a rank holds 1/N of the parameters, gradients and
+  optimizer state and gathers a layer's parameters only while it runs; with
+  `sharding="none"` each rank holds a whole replica, broadcast from rank 0;
 * whitening uses global moments (`global_masked_whiten`);
 * each micro-batch's loss weight is its token count over the **global** minibatch
-  token count, and gradients are SUM-all-reduced (`all_reduce_gradients`), so the
-  summed gradient is exactly the single-process token-weighted one; gradient
-  clipping then sees the same global norm on every rank;
+  token count, and gradients are SUM-reduced: FSDP2 reduce-scatters the sharded
+  parameters' gradients in backward with a plain SUM (`set_gradient_divide_factor(1.0)`),
+  `all_reduce_gradients` SUM-all-reduces the replicated ones; so the summed gradient is
+  exactly the single-process token-weighted one, and gradient clipping (over DTensor
+  shards, `clip_grad_norm_`) sees the same global norm on every rank;
 * logged statistics are sums or gathers over all ranks (`all_sum`, `all_gather_rows`).
 
 Every function here is the identity (or the plain single-process computation) when
@@ -20,11 +27,13 @@ nothing and computes exactly what it computed before.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ._checks import check_floating, check_mask, check_same_shape
 from .advantage.whiten import masked_whiten
@@ -195,6 +204,7 @@ def all_reduce_gradients(params: Iterable[nn.Parameter], bucket_numel: int = 1 <
     """SUM-all-reduce `.grad` of `params` in place (no averaging: the trainer's loss weights are
     already fractions of the global token count).
 
+    Parameters sharded by FSDP2 (DTensors) are skipped: their gradients were reduced in backward.
     A parameter that got no gradient on this rank (say an MoE expert no local token was routed
     to) but did on another gets zeros here, as the single-process sum would; one that got none
     anywhere keeps `grad=None`, so the optimizer still skips it. Gradients travel flattened in
@@ -203,7 +213,8 @@ def all_reduce_gradients(params: Iterable[nn.Parameter], bucket_numel: int = 1 <
     if not is_distributed():
         return
     # A tensor listed twice (a trunk shared by two optimizers) must be reduced once, not doubled.
-    params = list({id(p): p for p in params if p.requires_grad}.values())
+    # FSDP2 has already SUM-reduce-scattered the gradients of sharded (DTensor) parameters in backward.
+    params = list({id(p): p for p in params if p.requires_grad and not isinstance(p, DTensor)}.values())
     if not params:
         return
     device = _device()
@@ -262,12 +273,234 @@ def broadcast_modules(*modules: nn.Module | None, src: int = 0) -> None:
                 data.copy_(wire)
 
 
+# -- model placement: FSDP2 shards or replicas ---------------------------------------------------
+SHARDINGS = ("none", "fsdp")
+MIXED_PRECISIONS = (None, "bf16")
+# What `prepare_models` uses when its config says nothing (PPOConfig has no model fields): set
+# from the run's ModelConfig with `configure(model_config)` before building the trainer.
+_placement: dict = {"sharding": None, "mixed_precision": None}
+
+
+def configure(model_config=None, *, sharding: str | None = None, mixed_precision: str | None = None) -> None:
+    """Set how `prepare_models` places models: from a `ModelConfig` (its `sharding` and
+    `mixed_precision`) or the keywords. None everywhere: FSDP2 when the world size is > 1."""
+    if model_config is not None:
+        sharding = sharding or getattr(model_config, "sharding", None)
+        mixed_precision = mixed_precision or getattr(model_config, "mixed_precision", None)
+    _check_placement(sharding, mixed_precision)
+    _placement.update(sharding=sharding, mixed_precision=mixed_precision)
+
+
+def _check_placement(sharding, mixed_precision) -> None:
+    if sharding is not None and sharding not in SHARDINGS:
+        raise ValueError(f"ModelConfig.sharding: must be null, 'none' or 'fsdp', got {sharding!r}")
+    if mixed_precision not in MIXED_PRECISIONS:
+        raise ValueError(f"ModelConfig.mixed_precision: must be null or 'bf16', got {mixed_precision!r}")
+
+
+def resolve_sharding(sharding: str | None) -> str:
+    """"fsdp" or "none" for this process group: None means "fsdp" when the world size is > 1;
+    one process never shards (there is nothing to shard over)."""
+    _check_placement(sharding, None)
+    if not is_distributed():
+        return "none"
+    return sharding or "fsdp"
+
+
 def prepare_models(policy: nn.Module, ref: nn.Module | None, value: nn.Module | None, reward, config=None):
     """Place the trainer's models for this process group; returns `(policy, ref, value, reward)`.
 
-    The one placement seam of `PPOTrainer.__init__` (`config`: its PPOConfig). Today: replicas,
-    broadcast from rank 0 (`broadcast_modules`; a no-op in one process); `reward` may be a plain
-    callable, which is returned as it is.
+    The one placement seam of `PPOTrainer.__init__`. Every rank first takes rank 0's weights
+    (`broadcast_modules`), so ranks that built or loaded their models differently still start
+    alike; then, with sharding "fsdp" (the default under torchrun), `shard_models` shards them in
+    place. `config` may carry `sharding` / `mixed_precision` (else `configure`'s). `reward` may
+    be a plain callable, returned as it is. A no-op in one process.
     """
+    if not is_distributed():
+        return policy, ref, value, reward
+    sharding = resolve_sharding(getattr(config, "sharding", None) or _placement["sharding"])
+    mixed_precision = getattr(config, "mixed_precision", None) or _placement["mixed_precision"]
+    if mixed_precision is not None and sharding != "fsdp":
+        raise ValueError(f"ModelConfig.mixed_precision={mixed_precision!r} needs sharding 'fsdp' (FSDP2's "
+                         f"MixedPrecisionPolicy), got sharding {sharding!r}")
     broadcast_modules(policy, ref, value, reward if isinstance(reward, nn.Module) else None)
+    if sharding == "fsdp":
+        shard_models(policy, ref, value, reward, mixed_precision=mixed_precision)
     return policy, ref, value, reward
+
+
+def shard_models(policy: nn.Module, ref: nn.Module | None, value: nn.Module | None, reward,
+                 mixed_precision: str | None = None) -> None:
+    """Shard every model with FSDP2 (`fully_shard`), in place, over all ranks of the process group.
+
+    Each model is one FSDP tree: each decoder layer is a unit (gathered while it runs), the input
+    embeddings are one together with a head tied to them (`fully_shard([embed, head])`, the
+    tied weight is one parameter), an untied head is its own, the trunk's remaining parameters
+    (final norm) one, and the root. The units are what ppolab calls directly: the trunk alone
+    (`base_trunk`), the head chunk by chunk (`token_attribution.logprobs`), a value head on the
+    hidden states, so each gathers its own parameters whatever called it.
+
+    * policy: a causal LM, LoRA or not (the adapters live inside the layer units; the reference
+      with the adapter disabled runs the same units);
+    * ref: a `Reference` holding its own frozen copy is sharded like the policy; one that
+      shares the policy's weights has nothing of its own;
+    * value: a `ValueModel`; on the policy's own trunk (`shares_trunk`) only its head is new
+      and sharded (the trunk already is, once); else a tree of its own;
+    * reward: a `RewardModel`, or a Hugging Face sequence classifier (trunk + `score` head);
+      a plain callable is left alone.
+
+    Frozen models are sharded too (no gradients, no optimizer state). `mixed_precision="bf16"`:
+    parameters are gathered and computed in bfloat16, gradients reduced in float32
+    (`MixedPrecisionPolicy`). Gradients reduce as a plain SUM (the trainer's loss weights are
+    global shares), never divided by the world size.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from .models import Reference, ScalarModel
+    from .models.builders import base_trunk, is_peft
+
+    mesh = init_device_mesh(_device().type, (world_size(),))
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if mixed_precision == "bf16" else MixedPrecisionPolicy())
+    kw = {"mesh": mesh, "mp_policy": mp}
+
+    def shard_lm(model: nn.Module) -> None:
+        inner = model.get_base_model() if is_peft(model) else model
+        _shard_tree(model, base_trunk(model), [inner.get_output_embeddings()], kw)
+
+    def shard_scalar(model: nn.Module) -> None:
+        if isinstance(model, ScalarModel):
+            _shard_tree(model, model.backbone, [model.head], kw)
+        elif isinstance(getattr(model, "score", None), nn.Module):  # a Hugging Face sequence classifier
+            _shard_tree(model, base_trunk(model), [model.score], kw)
+        else:
+            raise TypeError(f"shard_models: cannot shard a {type(model).__name__}; expected a ppolab "
+                            "ScalarModel or a Hugging Face model with a `score` head")
+
+    shard_lm(policy)
+    if isinstance(ref, Reference):
+        if ref.model is not None:
+            shard_lm(ref.model)
+    elif isinstance(ref, nn.Module):
+        shard_lm(ref)
+    if value is not None:
+        if getattr(value, "shares_trunk", False):
+            _shard_root(value.head, kw)  # the trunk is the policy's, sharded with it
+        else:
+            shard_scalar(value)
+    if isinstance(reward, nn.Module):
+        shard_scalar(reward)
+
+
+def _decoder_layers(trunk: nn.Module) -> list[nn.Module]:
+    layers = getattr(trunk, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise TypeError(f"shard_models: {type(trunk).__name__} has no `layers` list of decoder layers to shard")
+    return list(layers)
+
+
+def _shard_tree(root: nn.Module, trunk: nn.Module, heads: list[nn.Module], kw: dict) -> None:
+    """FSDP2 units bottom-up: layers, [embeddings + tied heads], untied heads, trunk, root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in _decoder_layers(trunk):
+        fully_shard(layer, **kw)
+    embed = trunk.get_input_embeddings()
+    tied = [h for h in heads if any(p is embed.weight for p in h.parameters())]
+    fully_shard([embed, *tied] if tied else embed, **kw)
+    for head in tied:  # called alone (chunked log-probs) outside the trunk's forward
+        head.register_forward_hook(_finish_grouped_call_without_grad, always_call=True)
+    for head in heads:
+        if head not in tied and any(True for _ in head.parameters()):
+            fully_shard(head, **kw)
+    fully_shard(trunk, **kw)
+    if root is not trunk:
+        fully_shard(root, **kw)
+    _init_root(root)
+
+
+def _shard_root(module: nn.Module, kw: dict) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(module, **kw)
+    _init_root(module)
+
+
+def _init_root(root: nn.Module) -> None:
+    """Make `root` the root of its FSDP tree now, and every reduction a plain SUM.
+
+    FSDP2 takes as root the first unit to run forward; ppolab runs units directly (the trunk,
+    a head), which would then each claim to be a root of its own. Lazy initialisation from the
+    real root settles it before any forward (private API: `FSDPState._lazy_init`).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    root._get_fsdp_state()._lazy_init()
+    for m in root.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)  # SUM, not mean: the loss weights are global shares
+            m.set_force_sum_reduction_for_comms(True)  # ReduceOp.SUM (gloo has no PREMUL_SUM)
+
+
+def _finish_grouped_call_without_grad(module: nn.Module, args, output):
+    """After a no-grad call of a head grouped with the embeddings: finish the group's forward.
+
+    FSDP2 completes a grouped unit when all its modules have run, or at the backward; a head
+    called alone without gradients (reference scoring, sampling) has neither, and the group
+    would stay gathered and half-open, which makes the next backward reduce its gradients
+    twice. Finishing it here reshards it, as FSDP does for a group that ran whole.
+    """
+    if torch.is_grad_enabled():
+        return None
+    from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
+
+    state = module._get_fsdp_state()
+    if not state._modules_to_run_forward:
+        return None
+    for group in state._fsdp_param_groups:
+        group.post_forward(None, None, output)
+    state._modules_to_run_forward.clear()
+    state._training_state = TrainingState.IDLE
+    if state._state_ctx.iter_forward_root is state:
+        state._state_ctx.iter_forward_root = None
+    return None
+
+
+def is_sharded(model: nn.Module | None) -> bool:
+    """True when some parameter of `model` is an FSDP2 shard (a DTensor)."""
+    return isinstance(model, nn.Module) and any(isinstance(p, DTensor) for p in model.parameters())
+
+
+@contextmanager
+def gathered(*models: nn.Module | None) -> Iterator[None]:
+    """Keep the FSDP2 units of `models` gathered (full parameters on every rank) inside the block.
+
+    For sampling: a decoding loop runs each layer once per token, and without this each run
+    all-gathers the layer's parameters and frees them again. Inside the block the parameters
+    are gathered once, at the cost of holding every gathered model whole on each rank. A no-op
+    for models that are not sharded.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for model in models if isinstance(model, nn.Module) for m in model.modules()
+             if isinstance(m, FSDPModule)]
+    units = list({id(m): m for m in units}.values())
+    saved = []
+    for m in units:
+        for group in m._get_fsdp_state()._fsdp_param_groups:
+            saved.append((group, group.post_forward_mesh_info))
+            group.post_forward_mesh_info = None  # do not reshard after forward
+        m.unshard()
+    try:
+        yield
+    finally:
+        for group, info in saved:
+            group.post_forward_mesh_info = info
+        for m in units:
+            m.reshard()
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (a collective: every rank must call it), else `t`."""
+    return t.full_tensor() if isinstance(t, DTensor) else t

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script, the tests package is not importable otherwise
     sys.path.insert(0, str(ROOT))
 
+from ppolab import distributed as dist  # noqa: E402
 from ppolab.config import GenerationConfig, ModelConfig, PPOConfig  # noqa: E402
 from ppolab.models import Reference, ValueModel, build_policy  # noqa: E402
 from ppolab.ppo.trainer import PPOTrainer  # noqa: E402
@@ -78,8 +79,8 @@ def shard(rollout: dict, rank: int, n_ranks: int = N_RANKS) -> Rollout:
 
 def params(trainer: PPOTrainer) -> dict[str, dict[str, torch.Tensor]]:
     return {
-        "policy": {k: v.detach().clone() for k, v in trainer.policy.named_parameters()},
-        "value": {k: v.detach().clone() for k, v in trainer.value.named_parameters()},
+        "policy": {k: dist.full_tensor(v.detach()).clone() for k, v in trainer.policy.named_parameters()},
+        "value": {k: dist.full_tensor(v.detach()).clone() for k, v in trainer.value.named_parameters()},
     }
 
 

@@ -6,7 +6,12 @@ rows, runs make_experience + update for every case and saves `rank{r}.pt`. The t
 the same helpers, so both sides build exactly the same trainers.
 
 To cover a new aggregation mode or estimator, add it to `MODES` or `ESTIMATORS` (or a case to
-`CASES`): every case is checked for micro-batches of B/2 and B/4 rows and for 2 ranks.
+`CASES`): every case is checked for micro-batches of B/2 and B/4 rows, and on 2 ranks (FSDP2-sharded
+models under torchrun) without micro-batches and with micro-batches of one row per rank.
+
+A case is `"estimator/mode"` on the full policy with a separate value model, or
+`"variant:estimator/mode"` on another model set (`VARIANTS`): a LoRA or full policy with the value
+head on its own trunk, or gradient clipping on.
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script, the tests package is not importable otherwise
     sys.path.insert(0, str(ROOT))
 
+from ppolab import distributed  # noqa: E402
 from ppolab.config import GenerationConfig, ModelConfig, PPOConfig  # noqa: E402
-from ppolab.models import Reference, ValueModel, build_policy  # noqa: E402
+from ppolab.models import Reference, ValueModel, build_policy, value_head_on_policy  # noqa: E402
 from ppolab.ppo.trainer import PPOTrainer  # noqa: E402
 from tests._dist_worker import PROMPTS, finish_rank, length_reward, rollout_fields, shard, start_rank  # noqa: E402
 
@@ -36,7 +42,20 @@ CASES = {
     f"{estimator}/{mode}": dict(COMMON, advantage_estimator=estimator, loss_aggregation=mode, kl_in=KL_IN[estimator])
     for estimator in ESTIMATORS for mode in MODES
 }
+# Model sets beyond the full policy + separate value model, each run on a few (estimator, mode) pairs:
+# a critic (gae) shares the trunk; a critic-free estimator runs the policy alone.
+VARIANTS = {
+    "lora-shared": dict(lora=True, value="shared"),
+    "full-shared": dict(lora=False, value="shared"),
+    "clip": dict(lora=False, value="separate", max_grad_norm=0.05),
+}
+for _variant in VARIANTS:
+    for _estimator in ("gae", "grpo"):
+        for _mode in (MODES if _variant != "clip" else MODES[:2]):
+            CASES[f"{_variant}:{_estimator}/{_mode}"] = dict(CASES[f"{_estimator}/{_mode}"])
 SGD_LR = 0.5
+# Micro-batch sizes (per rank) the 2-rank launch runs: each rank's minibatch is B/2 = 4 rows.
+RANK_MICRO_BATCHES = (0, 1)
 
 
 def make_trainer(case: str, tokenizer, micro_batch_size: int = 0) -> PPOTrainer:
@@ -45,12 +64,19 @@ def make_trainer(case: str, tokenizer, micro_batch_size: int = 0) -> PPOTrainer:
     SGD makes the update the gradient itself: Adam's first steps are nearly lr * sign(g), and would
     hide a loss that is right up to a constant factor (a micro-batch weighted twice, say).
     """
-    config = PPOConfig(**CASES[case], micro_batch_size=micro_batch_size)
-    cfg = ModelConfig(arch="llama", hidden_size=32, n_heads=4, n_kv_heads=2, intermediate_size=64, seed=0)
+    variant = VARIANTS[case.split(":")[0]] if ":" in case else {"lora": False, "value": "separate"}
+    config = PPOConfig(**CASES[case], micro_batch_size=micro_batch_size,
+                       **({"max_grad_norm": variant["max_grad_norm"]} if "max_grad_norm" in variant else {}))
+    cfg = ModelConfig(arch="llama", hidden_size=32, n_heads=4, n_kv_heads=2, intermediate_size=64, seed=0,
+                      lora=variant["lora"])
     policy = build_policy(cfg, tokenizer)
-    value = None if config.critic_free else ValueModel.from_policy(policy)
+    value = None
+    if not config.critic_free:
+        value = value_head_on_policy(policy) if variant["value"] == "shared" else ValueModel.from_policy(policy)
     t = PPOTrainer(config, policy, Reference(policy), value, length_reward, tokenizer,
                    GenerationConfig(max_new_tokens=RESPONSE_WIDTH))
+    # Under torchrun the trainer has sharded every model (dist.prepare_models): the SGD optimizers
+    # below take the FSDP2 shards (DTensors), as the trainer's own AdamW does.
     t.policy_optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=SGD_LR)
     if value is not None:
         t.value_optimizer = torch.optim.SGD(value.trainable_parameters(), lr=SGD_LR)
@@ -83,7 +109,7 @@ def params(trainer: PPOTrainer) -> dict[str, torch.Tensor]:
     named = dict(trainer.policy.named_parameters())
     if trainer.value is not None:
         named.update({f"value.{k}": v for k, v in trainer.value.named_parameters()})
-    return {k: v.detach().clone() for k, v in named.items()}
+    return {k: distributed.full_tensor(v.detach()).clone() for k, v in named.items()}
 
 
 def update(case: str, tokenizer, rollout: dict, rank: int = 0, n_ranks: int = 1, micro_batch_size: int = 0):
@@ -95,7 +121,9 @@ def update(case: str, tokenizer, rollout: dict, rank: int = 0, n_ranks: int = 1,
 
 def main(outdir: Path) -> None:
     rank, tokenizer, rollout = start_rank(outdir)
-    finish_rank({case: update(case, tokenizer, rollout, rank, N_RANKS) for case in CASES}, outdir, rank)
+    results = {(case, mb): update(case, tokenizer, rollout, rank, N_RANKS, mb)
+               for case in CASES for mb in RANK_MICRO_BATCHES}
+    finish_rank(results, outdir, rank)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ minibatch of B = 8 rows is
 
 * one backward pass (the reference),
 * micro-batches of B/2 or B/4 rows with gradient accumulation,
-* B/2 rows on each of 2 data-parallel ranks (one torchrun launch with gloo for all cases).
+* B/2 rows on each of 2 data-parallel ranks, every model sharded with FSDP2, whole or in
+  micro-batches of one row (one torchrun launch with gloo for all cases).
 
 Peers get this wrong for the seq-mean modes (a micro-batch weighted by its tokens instead of its
 rows changes the loss). The cases live in tests/_invariance_worker.py: add a mode or an estimator
@@ -68,7 +69,17 @@ def ranks(tmp_path_factory):
     return launch("_invariance_worker.py", out, iw.N_RANKS)
 
 
+@pytest.mark.parametrize("micro_batch_size", iw.RANK_MICRO_BATCHES)
 @pytest.mark.parametrize("case", iw.CASES)
-def test_two_ranks_make_the_same_update(ranks, case):
+def test_two_ranks_make_the_same_update(ranks, case, micro_batch_size):
     for r in range(iw.N_RANKS):
-        assert_same_update(ranks[r][case], one_backward(case), case, f"{case}, rank {r} of {iw.N_RANKS}")
+        assert_same_update(ranks[r][(case, micro_batch_size)], one_backward(case), case,
+                           f"{case}, rank {r} of {iw.N_RANKS}, micro-batches of {micro_batch_size or 'all'} rows")
+
+
+@pytest.mark.parametrize("case", [c for c in iw.CASES if c.startswith("clip:")])
+def test_clip_cases_clip(case):
+    """The clipping variant must clip (the norm before clipping is over the limit), so the 2-rank
+    runs compare a global norm over DTensor shards with the single-process one."""
+    _, stats = one_backward(case)
+    assert stats["grad_norm"] > iw.VARIANTS["clip"]["max_grad_norm"] * 2

@@ -61,6 +61,12 @@ class ModelConfig:
     # None: the full output head. "arabic": the head computes only tokens an Arabic translation can
     # need (ppolab.models.vocab_trim), ~13x fewer rows for Gemma 3's 262k vocabulary.
     vocab_trim: str | None = None
+    # Under torchrun (world size > 1): "fsdp" shards every model with FSDP2 (ppolab.distributed),
+    # "none" keeps a whole replica of each on every rank; None: "fsdp" when the world size is > 1.
+    sharding: str | None = None
+    # None: parameters as `dtype` says. "bf16" (with sharding "fsdp"): FSDP2 computes in bfloat16
+    # parameters and reduces gradients in float32; the sharded master weights stay as loaded.
+    mixed_precision: str | None = None
     seed: int = 0
 
     def validate(self) -> "ModelConfig":
@@ -80,6 +86,10 @@ class ModelConfig:
         _check(self.bnb_4bit_quant_type in ("nf4", "fp4"), c, "bnb_4bit_quant_type",
                f"must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}")
         _check(self.vocab_trim in (None, "arabic"), c, "vocab_trim", f"must be null or 'arabic', got {self.vocab_trim!r}")
+        _check(self.sharding in (None, "none", "fsdp"), c, "sharding",
+               f"must be null, 'none' or 'fsdp', got {self.sharding!r}")
+        _check(self.mixed_precision in (None, "bf16"), c, "mixed_precision",
+               f"must be null or 'bf16', got {self.mixed_precision!r}")
         return self
 
 
