@@ -1,7 +1,6 @@
 """SequenceGenerator: sample responses with the KV cache, then score every token in one forward per model."""
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
