@@ -90,10 +90,15 @@ class SequenceGenerator:
         self.reference = reference if reference is not None else Reference(policy)
         self.value_model = value_model
         self.timings: dict[str, float] = {}  # seconds per phase of the last generate()
-        # What samples: the policy, or a merged copy of its LoRA adapter, refreshed every generate().
-        self.sampler = policy
-        if self.config.merged_lora_sampling:
-            self.sampler = merged_copy(policy)
+        # What samples: the policy, a merged copy of its LoRA adapter, or an int8 copy (LoRA merged
+        # in), refreshed every generate().
+        self.sampler, self._refresh_sampler = policy, None
+        if self.config.sampler_quantization == "int8":
+            from ..models.int8_sampler import int8_sampling_copy, refresh_int8
+
+            self.sampler, self._refresh_sampler = int8_sampling_copy(policy), refresh_int8
+        elif self.config.merged_lora_sampling:
+            self.sampler, self._refresh_sampler = merged_copy(policy), refresh_merged
         if tokenizer.pad_token_id is None:
             raise ValueError("SequenceGenerator: the tokenizer has no pad token")
         if tokenizer.padding_side != "left":
@@ -208,9 +213,9 @@ class SequenceGenerator:
         prompt_ids, prompt_mask = self.encode_prompts(prompts)
         was_training = self.policy.training
         self.policy.eval()
-        if self.sampler is not self.policy:
+        if self._refresh_sampler is not None:
             with timed(self.timings, "merge"):
-                refresh_merged(self.sampler, self.policy)  # the adapter as the last update left it
+                self._refresh_sampler(self.sampler, self.policy)  # the weights as the last update left them
         try:
             with timed(self.timings, "generate"):
                 response, sampler_logprobs, values = self.sample(prompt_ids, prompt_mask)
