@@ -34,14 +34,12 @@ import resource
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-import ppolab.ppo.trainer as trainer_mod
-import ppolab.token_attribution.generator as generator_mod
-import ppolab.token_attribution.logprobs as logprobs_mod
 from ppolab.config import GenerationConfig, ModelConfig, PPOConfig
 from ppolab.models import (
     Reference, RewardModel, ValueModel, build_policy, build_tokenizer, load_causal_lm, load_tokenizer,
@@ -78,12 +76,12 @@ def length_reward(prompts, responses):
     return [len(r) / 100 for r in responses]
 
 
-def make_trainer(models, args, batch: int, length: int):
+def make_trainer(models, args, batch: int, length: int, logprob_fn=response_logprobs):
     policy, ref, value, reward, tok = models
     cfg = PPOConfig(batch_size=batch, minibatch_size=batch, ppo_epochs=args.epochs, lr=1e-5)
     gen = GenerationConfig(max_new_tokens=length, temperature=0.7, stop_at_eos=False, max_prompt_length=4096,
                            merged_lora_sampling=args.merged_sampling)
-    trainer = PPOTrainer(cfg, policy, ref, value, reward, tok, gen)
+    trainer = PPOTrainer(cfg, policy, ref, value, reward, tok, gen, logprob_fn=logprob_fn)
     prompts = [f"Translate English to Arabic: sentence number {i} about the weather" for i in range(batch)]
     if args.prompt_tokens:  # longer prompts (real few-shot prompts are ~200 tokens): repeat, then cut
         prompts = [tok.decode(tok(" ".join([p] * args.prompt_tokens), add_special_tokens=False)["input_ids"]
@@ -91,8 +89,8 @@ def make_trainer(models, args, batch: int, length: int):
     return trainer, prompts
 
 
-def build(args, batch: int, length: int):
-    return make_trainer(build_models(args), args, batch, length)
+def build(args, batch: int, length: int, logprob_fn=response_logprobs):
+    return make_trainer(build_models(args), args, batch, length, logprob_fn)
 
 
 def time_interleaved(trainer, prompts, repeats: int) -> tuple[float, dict, float, float]:
@@ -209,6 +207,26 @@ def per_pair_logprobs(model, input_ids, attention_mask, n_response, temperature=
     return (lp, torch.stack(rows_ent)) if with_entropy else lp
 
 
+class PerPairLM(torch.nn.Module):
+    """A causal LM whose logits at each position come from their own forward over the prefix (for the
+    generator's reference pass, which `response_logprobs` scores through the model's forward)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.inner = lm
+
+    def forward(self, input_ids, attention_mask, logits_to_keep=0, **_):
+        L = input_ids.shape[1]
+        rows = []
+        for b in range(input_ids.shape[0]):
+            rows.append(torch.stack([
+                self.inner(input_ids=input_ids[b : b + 1, :t], attention_mask=attention_mask[b : b + 1, :t],
+                           position_ids=position_ids_from_mask(attention_mask[b : b + 1, :t]), use_cache=False,
+                           logits_to_keep=1).logits[0, -1]
+                for t in range(L - (logits_to_keep or L) + 1, L + 1)]))
+        return SimpleNamespace(logits=torch.stack(rows))
+
+
 class PerPairValue(torch.nn.Module):
     """V(s_t) from its own forward over the prefix s_t, for every t."""
 
@@ -227,21 +245,14 @@ class PerPairValue(torch.nn.Module):
 
 
 def time_naive(args, batch, length) -> float:
-    trainer, prompts = build(args, batch, length)
+    # The update's log-probs through the trainer's seam; the generator's reference and value passes
+    # through per-prefix models (the policy's own come from its sampling logits, in fp32).
+    trainer, prompts = build(args, batch, length, logprob_fn=per_pair_logprobs)
     trainer.value = trainer.generator.value_model = PerPairValue(trainer.value)
-    # Every module that calls response_logprobs by its own name (the trainer's update goes through
-    # logprobs_and_values, which with a separate value model calls the logprobs module's).
-    modules = (trainer_mod, generator_mod, logprobs_mod)
-    saved = [m.response_logprobs for m in modules]
-    for m in modules:
-        m.response_logprobs = per_pair_logprobs
-    try:
-        t0 = time.perf_counter()
-        trainer.ppo_step(prompts)
-        return time.perf_counter() - t0
-    finally:
-        for m, f in zip(modules, saved):
-            m.response_logprobs = f
+    trainer.generator.reference = PerPairLM(trainer.generator.reference)
+    t0 = time.perf_counter()
+    trainer.ppo_step(prompts)
+    return time.perf_counter() - t0
 
 
 def peak_rss_mb() -> float:

@@ -69,7 +69,7 @@ def main() -> None:
             show("logprobs", rollout.logprobs)
             show("ref_logprobs", rollout.ref_logprobs)
             print("2. experience (recomputed here with the pure functions)")
-            scores = exp["scores"]
+            scores = exp.scores
             groups = scores.view(-1, G)
             show("scores", scores)
             show("group mean", groups.mean(1))
@@ -81,7 +81,7 @@ def main() -> None:
             show("advantages [B]", per_sequence)
             tokens = expand_to_tokens(per_sequence, rollout.mask)
             show("advantages", tokens)
-            assert torch.allclose(tokens, exp["advantages"], atol=1e-6)  # what the trainer computed
+            assert torch.allclose(tokens, exp.advantages, atol=1e-6)  # what the trainer computed
         # 3. Update: clipped policy loss + KL loss over minibatches; no value model anywhere.
         losses = trainer.update(exp)
         stats = trainer.finish_step(rollout, exp, losses)

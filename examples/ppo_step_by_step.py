@@ -101,11 +101,11 @@ def print_first_step(tokenizer, prompts, rollout, exp) -> None:
         print(f"     t={sa.t} action='{text}'{' ' * max(0, 8 - len(text))} logp={sa.logprob:.3f} "
               f"ref={sa.ref_logprob:.3f} kl={sa.kl:.3f} V={sa.value:.3f}")
     print("2. experience")
-    show("scores", exp["scores"])
-    show("kl", exp["kl"])
-    show("rewards", exp["rewards"])
-    show("advantages", exp["advantages"])
-    show("returns", exp["returns"])
+    show("scores", exp.scores)
+    show("kl", exp.kl)
+    show("rewards", exp.rewards)
+    show("advantages", exp.advantages)
+    show("returns", exp.returns)
 
 
 def run(name: str, settings: dict, args, out: Path, verbose: bool) -> dict:

@@ -260,3 +260,14 @@ def broadcast_modules(*modules: nn.Module | None, src: int = 0) -> None:
             dist.broadcast(wire, src=src)
             if wire.data_ptr() != data.data_ptr():  # it travelled through a copy on the collective device
                 data.copy_(wire)
+
+
+def prepare_models(policy: nn.Module, ref: nn.Module | None, value: nn.Module | None, reward, config=None):
+    """Place the trainer's models for this process group; returns `(policy, ref, value, reward)`.
+
+    The one placement seam of `PPOTrainer.__init__` (`config`: its PPOConfig). Today: replicas,
+    broadcast from rank 0 (`broadcast_modules`; a no-op in one process); `reward` may be a plain
+    callable, which is returned as it is.
+    """
+    broadcast_modules(policy, ref, value, reward if isinstance(reward, nn.Module) else None)
+    return policy, ref, value, reward

@@ -66,12 +66,13 @@ def shard(rollout: dict, rank: int, n_ranks: int = N_RANKS) -> Rollout:
     prompt_mask, mask = rollout["prompt_mask"][rows], rollout["mask"][rows]
     P = int(prompt_mask.sum(-1).max())  # prompts are left-padded: keep the last P columns
     T = int(mask.sum(-1).max())  # responses are right-padded: keep the first T columns
-    f = {k: v[rows] for k, v in rollout.items()}
+    f = {k: v[rows] for k, v in rollout.items() if v is not None}
     return Rollout(
         prompts=f["prompts"], prompt_ids=f["prompt_ids"][:, -P:], prompt_mask=prompt_mask[:, -P:],
         response_ids=f["response_ids"][:, :T], mask=mask[:, :T], logprobs=f["logprobs"][:, :T],
         ref_logprobs=f["ref_logprobs"][:, :T], values=f["values"][:, :T], has_eos=f["has_eos"],
         response_texts=f["response_texts"],
+        sampler_logprobs=f["sampler_logprobs"][:, :T] if "sampler_logprobs" in f else None,
     )
 
 
@@ -124,7 +125,7 @@ def main(outdir: Path) -> None:
         t = make_trainer(config, tokenizer)
         local = shard(rollout, rank)
         exp = t.make_experience(local)
-        result[name] = {"experience": {k: exp[k] for k in ("mask", "rewards", "advantages", "returns")},
+        result[name] = {"experience": {k: getattr(exp, k) for k in ("mask", "rewards", "advantages", "returns")},
                         "train_stats": t.update(exp), **params(t)}
 
     t = make_trainer(CONFIG_C, tokenizer, reward=arabic_fraction)

@@ -11,7 +11,6 @@ import torch
 from ppolab import distributed as dist
 from ppolab.advantage import masked_whiten
 from ppolab.experience_buffer import ExperienceBuffer
-from ppolab.ppo.trainer import TRAIN_KEYS
 from tests import _dist_worker as w
 from tests.helpers import tiny_tokenizer
 
@@ -41,12 +40,12 @@ class RankBuffers:
     """What N ranks' buffers serve together, as one process: rank r's buffer holds its rows and
     shuffles them as the rank does; each optimizer step's micro-batches are all ranks' ones."""
 
-    def __init__(self, experience: dict, n_ranks: int):
-        n = len(experience["mask"]) // n_ranks
+    def __init__(self, experience, n_ranks: int):
+        n = len(experience) // n_ranks
         self.shards = []
         for r in range(n_ranks):
             b = ExperienceBuffer()
-            b.add(**{k: experience[k][r * n : (r + 1) * n] for k in TRAIN_KEYS})
+            b.add(experience.select(slice(r * n, (r + 1) * n)))
             self.shards.append(b)
 
     def __len__(self):
@@ -87,18 +86,18 @@ def test_two_ranks_make_the_single_process_update(runs, name):
     if name == "A":  # one minibatch of all 8 rows: the ordinary single-process update
         stats = single.update(exp)
     else:  # minibatches of 2 rows per rank: step on the union of what the ranks stepped on
-        stats = single._update(RankBuffers(exp, w.N_RANKS), n_response=exp["mask"].shape[1])
+        stats = single._update(RankBuffers(exp, w.N_RANKS), n_response=exp.mask.shape[1])
     after = w.params(single)
     assert any(not torch.equal(after["policy"][k], v) for k, v in before["policy"].items())
 
-    n = len(exp["mask"]) // w.N_RANKS
+    n = len(exp) // w.N_RANKS
     for r, res in ranks.items():
         got = res[name]["experience"]
         T = got["mask"].shape[1]
-        want_mask = exp["mask"][r * n : (r + 1) * n]
+        want_mask = exp.mask[r * n : (r + 1) * n]
         assert torch.equal(got["mask"], want_mask[:, :T]) and not want_mask[:, T:].any()
         for key in ("advantages", "rewards", "returns"):  # global whitening moments: same values
-            want = exp[key][r * n : (r + 1) * n, :T]
+            want = getattr(exp, key)[r * n : (r + 1) * n, :T]
             diff = torch.where(want_mask[:, :T].bool(), got[key] - want, 0.0).abs().max().item()
             assert diff <= ATOL, f"rank {r} {key}: max abs diff {diff:.2e}"
         _assert_params_close(res[name], after, f"rank {r}")

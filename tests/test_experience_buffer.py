@@ -149,3 +149,44 @@ def test_minibatches_rejects_bad_sizes_at_call_time():
     ]:
         with pytest.raises(ValueError, match=name):
             buf.minibatches(seed=0, **kwargs)
+
+
+def _typed(n, t=3, with_sampler=False):
+    from ppolab.ppo import Experience
+
+    idx = torch.arange(n, dtype=torch.float32)
+    rows = idx[:, None] + torch.zeros(n, t)
+    return Experience(input_ids=torch.arange(n)[:, None] * 10 + torch.arange(t + 2),
+                      attention_mask=torch.ones(n, t + 2),
+                      mask=torch.ones(n, t), logprobs=rows, ref_logprobs=rows + 1, values=rows + 2, advantages=rows + 3,
+                      returns=rows + 4, scores=idx, kl=rows + 5, rewards=rows + 6,
+                      sampler_logprobs=rows + 7 if with_sampler else None)
+
+
+@pytest.mark.parametrize("with_sampler", [False, True])
+def test_a_typed_batch_comes_back_as_its_class_in_the_seeded_order(with_sampler):
+    from ppolab.ppo import Experience
+
+    exp = _typed(6, with_sampler=with_sampler)
+    buf = ExperienceBuffer()
+    buf.add(exp.select(slice(0, 2)))
+    buf.add(exp.select(slice(2, 6)))
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(7))
+    steps = list(buf.minibatches(3, 1, seed=7, micro_batch_size=1))
+    got = [mb for step in steps for mb in step]
+    assert all(type(mb) is Experience for mb in got)
+    assert [int(mb.scores) for mb in got] == order.tolist()
+    for mb, i in zip(got, order.tolist()):
+        want = exp.select(torch.tensor([i]))
+        for name in ("input_ids", "mask", "logprobs", "returns", "rewards"):
+            assert torch.equal(getattr(mb, name), getattr(want, name)), name
+        assert (mb.sampler_logprobs is None) == (not with_sampler)
+
+
+def test_typed_and_named_adds_do_not_mix():
+    buf = ExperienceBuffer()
+    buf.add(_typed(2))
+    with pytest.raises(ValueError, match="named tensors, buffer holds Experience"):
+        buf.add(mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="not both"):
+        buf.add(_typed(2), mask=torch.ones(2, 3))

@@ -1,6 +1,7 @@
 """Recording rollouts: the file holds the trainer's numbers, stays bounded, survives a resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -50,10 +51,10 @@ def test_recorded_numbers_equal_the_trainers_tensors(tmp_path):
     T = s.mask.shape[1]
     assert torch.equal(s.mask, mask[:, :T]) and bool(mask[:, T:].sum() == 0)  # masked positions excluded
     expected = {
-        "logprob": rollout.logprobs, "ref_logprob": rollout.ref_logprobs, "kl": exp["kl"],
-        "value": exp["values"], "reward": exp["rewards"], "advantage": exp["advantages"],
-        "return": exp["returns"], "new_logprob": new,
-        "reward_kl": -stats["kl_coef"] * exp["kl"], "ratio": torch.exp(new - rollout.logprobs[:3]),
+        "logprob": rollout.logprobs, "ref_logprob": rollout.ref_logprobs, "kl": exp.kl,
+        "value": exp.values, "reward": exp.rewards, "advantage": exp.advantages,
+        "return": exp.returns, "new_logprob": new,
+        "reward_kl": -stats["kl_coef"] * exp.kl, "ratio": torch.exp(new - rollout.logprobs[:3]),
     }
     for name, x in expected.items():
         got, want = s.tokens[name][s.mask], x[:3, :T][s.mask].float()
@@ -61,9 +62,9 @@ def test_recorded_numbers_equal_the_trainers_tensors(tmp_path):
         assert bool((s.tokens[name][~s.mask] == 0).all()), name
     # The score sits on the last token of the score part; the rest of it is zero.
     last = s.mask.sum(-1) - 1
-    torch.testing.assert_close(s.tokens["reward_score"].gather(1, last[:, None])[:, 0], exp["scores"][:3],
+    torch.testing.assert_close(s.tokens["reward_score"].gather(1, last[:, None])[:, 0], exp.scores[:3],
                                rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(s.scores, exp["scores"][:3])
+    torch.testing.assert_close(s.scores, exp.scores[:3])
     assert torch.equal(s.eos, rollout.has_eos[:3])
     assert torch.equal(s.clipped[s.mask], ((s.tokens["ratio"] - 1).abs() > t.config.clip_eps)[s.mask])
     assert torch.equal(s.ids[s.mask], rollout.response_ids[:3, :T][mask[:, :T]])
@@ -124,7 +125,7 @@ def test_critic_free_experience_has_no_value_columns(tmp_path):
     rollout = t.rollout(PROMPTS * 2)
     exp = t.make_experience(rollout)
     t.update(exp)
-    critic_free = {k: v for k, v in exp.items() if k not in ("values", "returns")}
+    critic_free = dataclasses.replace(exp, values=None, returns=None)
     t.finish_step(rollout, critic_free, {})
     (s,) = load_rollouts(path)
     assert "value" not in s.tokens and "return" not in s.tokens
@@ -185,5 +186,5 @@ def test_prompts_recorded_before_are_recorded_again(tmp_path):
     with torch.no_grad():
         new = response_logprobs(t.policy, rollout.input_ids[rows], rollout.attention_mask[rows], rollout.mask.shape[1])
     T = s.mask.shape[1]
-    for name, x in {"logprob": rollout.logprobs[rows], "advantage": exp["advantages"][rows], "new_logprob": new}.items():
+    for name, x in {"logprob": rollout.logprobs[rows], "advantage": exp.advantages[rows], "new_logprob": new}.items():
         torch.testing.assert_close(s.tokens[name][s.mask], x[:, :T][s.mask].float(), rtol=2e-6, atol=2e-6, msg=name)

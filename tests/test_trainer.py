@@ -65,7 +65,7 @@ def test_gradient_accumulation_matches_one_big_minibatch():
     t2.value.load_state_dict(t1.value.state_dict())
     exp = t1.make_experience(t1.rollout(PROMPTS * 2))
     t1.update(exp)
-    t2.update({k: v.clone() for k, v in exp.items()})
+    t2.update(copy.deepcopy(exp))
     for (n, a), b in zip(t1.policy.named_parameters(), t2.policy.parameters()):
         assert torch.allclose(a, b, atol=1e-5), n
 
@@ -107,9 +107,9 @@ def test_critic_free_step_samples_groups_and_runs_no_value_model():
     rollout = t.rollout(PROMPTS[:2])
     assert rollout.prompts == [PROMPTS[0]] * 4 + [PROMPTS[1]] * 4  # each prompt's group in consecutive rows
     exp = t.make_experience(rollout)
-    assert torch.equal(exp["values"], torch.zeros_like(exp["values"]))  # no value forward ran
+    assert torch.equal(exp.values, torch.zeros_like(exp.values))  # no value forward ran
     # Every valid token of a row carries the row's advantage; each group's advantages sum to 0.
-    adv, mask = exp["advantages"], exp["mask"].bool()
+    adv, mask = exp.advantages, exp.mask.bool()
     per_row = adv[:, 0]
     assert torch.equal(adv, torch.where(mask, per_row[:, None], 0.0))
     assert torch.allclose(per_row.view(2, 4).sum(1), torch.zeros(2), atol=1e-5)
@@ -123,13 +123,13 @@ def test_critic_free_step_samples_groups_and_runs_no_value_model():
 def test_kl_in_loss_takes_the_kl_out_of_the_rewards():
     t = make_trainer(kl_coef=0.5, kl_in="loss")
     exp = t.make_experience(t.rollout(PROMPTS * 2))
-    last = exp["mask"].sum(1) - 1
-    expected = torch.zeros_like(exp["rewards"]).scatter(1, last[:, None], exp["scores"][:, None])
-    assert torch.equal(exp["rewards"], expected)  # the score alone, at the last token
+    last = exp.mask.sum(1) - 1
+    expected = torch.zeros_like(exp.rewards).scatter(1, last[:, None], exp.scores[:, None])
+    assert torch.equal(exp.rewards, expected)  # the score alone, at the last token
     t2 = make_trainer(kl_coef=0.5)
     exp2 = t2.make_experience(t2.rollout(PROMPTS * 2))
-    assert not torch.equal(exp2["rewards"], torch.zeros_like(exp2["rewards"]).scatter(
-        1, exp2["mask"].sum(1, keepdim=True) - 1, exp2["scores"][:, None]))  # KL penalty in the rewards
+    assert not torch.equal(exp2.rewards, torch.zeros_like(exp2.rewards).scatter(
+        1, exp2.mask.sum(1, keepdim=True) - 1, exp2.scores[:, None]))  # KL penalty in the rewards
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -183,11 +183,11 @@ def test_make_experience_composes_each_estimator_as_documented():
     for estimator in ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"):
         t = make_trainer(advantage_estimator=estimator, group_size=group, kl_coef=0.3)
         exp = t.make_experience(rollout)
-        rewards, mask = exp["rewards"].tolist(), exp["mask"].int().tolist()
+        rewards, mask = exp.rewards.tolist(), exp.mask.int().tolist()
         sequence = [sum(r for r, m in zip(row, mrow) if m) for row, mrow in zip(rewards, mask)]
         returns = ref.rewards_to_go(rewards, mask, 1.0)
         if estimator == "gae":
-            adv, returns = ref.gae(rewards, exp["values"].tolist(), mask, 1.0, 0.95)
+            adv, returns = ref.gae(rewards, exp.values.tolist(), mask, 1.0, 0.95)
             expected = ref.masked_whiten(adv, mask)
         elif estimator == "reinforce_pp":
             expected = ref.masked_whiten(returns, mask)
@@ -196,9 +196,9 @@ def test_make_experience_composes_each_estimator_as_documented():
         else:
             scale = "std" if estimator == "grpo" else "none"
             expected = ref.expand_to_tokens(ref.group_advantages(sequence, group, scale), mask)
-        torch.testing.assert_close(exp["advantages"].double(), torch.tensor(expected, dtype=torch.float64),
+        torch.testing.assert_close(exp.advantages.double(), torch.tensor(expected, dtype=torch.float64),
                                    atol=1e-5, rtol=1e-5, msg=estimator)
-        torch.testing.assert_close(exp["returns"].double(), torch.tensor(returns, dtype=torch.float64),
+        torch.testing.assert_close(exp.returns.double(), torch.tensor(returns, dtype=torch.float64),
                                    atol=1e-5, rtol=1e-5, msg=estimator)
         assert any(r < 0 for row in rewards for r in row)  # the KL penalty is in the rewards
 

@@ -9,6 +9,10 @@ for gradient accumulation.
 Shapes beyond dim 0 must agree across adds; they are **not** padded:
 right-padding would corrupt left-padded tensors such as query ids, so
 pad responses to a fixed length (e.g. ``max_new_tokens``) before adding.
+
+Typed batches: ``add(experience)`` with a dataclass such as ``ppolab.ppo.Experience`` (any object
+with ``tensors() -> dict`` whose class takes those names as keyword arguments) stores its set
+fields, and the micro-batches come back as that class (fields that were None stay None).
 """
 import numbers
 from collections.abc import Iterator
@@ -22,14 +26,24 @@ class ExperienceBuffer:
     def __init__(self):
         self._chunks: dict[str, list[torch.Tensor]] = {}
         self._size = 0
+        self._kind = None  # the class of typed adds (micro-batches are built as it); None: dicts
 
-    def add(self, **tensors: torch.Tensor) -> None:
-        """Append a batch: every tensor ``[B, ...]`` with the same B.
+    def add(self, batch=None, /, **tensors: torch.Tensor) -> None:
+        """Append a batch: every tensor ``[B, ...]`` with the same B, by name or as one typed batch.
 
-        The first add fixes the names; later adds must give the same names
+        The first add fixes the names (and the type); later adds must give the same names
         with the same trailing shape and dtype. Tensors are stored detached
         (rollout data is constant during the update).
         """
+        if batch is not None:
+            if tensors:
+                raise ValueError("add() takes one typed batch or named tensors, not both")
+            kind, tensors = type(batch), batch.tensors()
+        else:
+            kind = None
+        if self._chunks and kind is not self._kind:
+            held = self._kind.__name__ if self._kind else "named tensors"
+            raise ValueError(f"add() got {kind.__name__ if kind else 'named tensors'}, buffer holds {held}")
         if not tensors:
             raise ValueError("add() needs at least one tensor")
         for name, t in tensors.items():
@@ -52,6 +66,7 @@ class ExperienceBuffer:
         for name, t in tensors.items():
             self._chunks.setdefault(name, []).append(t.detach())
         self._size += next(iter(sizes.values()))
+        self._kind = kind
 
     def __len__(self) -> int:
         return self._size
@@ -60,6 +75,7 @@ class ExperienceBuffer:
         """Drop all stored tensors (start of the next rollout)."""
         self._chunks = {}
         self._size = 0
+        self._kind = None
 
     @property
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -68,8 +84,8 @@ class ExperienceBuffer:
 
     def minibatches(
         self, minibatch_size: int, epochs: int, seed: int, micro_batch_size: int | None = None
-    ) -> Iterator[list[dict[str, torch.Tensor]]]:
-        """Yield, per optimizer step, a list of micro-batch dicts.
+    ) -> Iterator[list]:
+        """Yield, per optimizer step, a list of micro-batches: dicts, or the typed batch's class.
 
         Each epoch draws a fresh permutation from ``torch.Generator`` seeded
         with ``seed + epoch``, so a run is reproducible and every sample
@@ -90,16 +106,17 @@ class ExperienceBuffer:
             raise ValueError(f"buffer size {self._size} is not divisible by minibatch_size={minibatch_size}")
         if minibatch_size % micro:
             raise ValueError(f"minibatch_size={minibatch_size} is not divisible by micro_batch_size={micro}")
-        return self._iterate(self.tensors, self._size, int(minibatch_size), int(micro), int(epochs), int(seed))
+        return self._iterate(self.tensors, self._kind or dict, self._size, int(minibatch_size), int(micro),
+                             int(epochs), int(seed))
 
     @staticmethod
-    def _iterate(data, size, minibatch_size, micro, epochs, seed):
+    def _iterate(data, kind, size, minibatch_size, micro, epochs, seed):
         for epoch in range(epochs):
             generator = torch.Generator().manual_seed(seed + epoch)
             order = torch.randperm(size, generator=generator)
             for start in range(0, size, minibatch_size):
                 step = order[start : start + minibatch_size]
                 yield [
-                    {name: t[idx.to(t.device)] for name, t in data.items()}
+                    kind(**{name: t[idx.to(t.device)] for name, t in data.items()})
                     for idx in step.split(micro)
                 ]

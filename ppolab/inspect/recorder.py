@@ -86,13 +86,13 @@ class RolloutRecorder:
         new = [i for i, p in enumerate(prompts) if p not in self._seen]
         return sorted((again + new)[: self.per_step])
 
-    def record(self, step: int, rollout, experience: dict, new_logprobs: torch.Tensor, stats: dict,
+    def record(self, step: int, rollout, experience, new_logprobs: torch.Tensor, stats: dict,
                tokenizer, clip_eps: float, rows: list[int]) -> None:
         """Append step `step`: its means and the rollouts of batch rows `rows` (from `select`).
 
         rollout: a `Rollout` (prompts, response_ids, mask, logprobs, ref_logprobs `[B, T]`, has_eos `[B]`).
-        experience: the trainer's dict of `[B, T]` tensors (kl, rewards, advantages; values and
-        returns when there is a value model) and scores `[B]`.
+        experience: the trainer's `ppolab.ppo.Experience` (kl, rewards, advantages, values, returns
+        `[B, T]`, scores `[B]`).
         new_logprobs: `[k, T]` log-probs of the k = len(rows) responses under the updated policy.
         stats: the step's statistics (means and `kl_coef`, the coefficient its rewards used).
         """
@@ -115,9 +115,9 @@ class RolloutRecorder:
         """Row i of the batch; `new_logprobs` `[T]` is that row's, after the update."""
         n = int(rollout.mask[i].sum())
         ids = rollout.response_ids[i, :n].tolist()
-        full = {"logprob": rollout.logprobs, "ref_logprob": rollout.ref_logprobs, "kl": experience["kl"],
-                "value": experience.get("values"), "reward": experience["rewards"],
-                "advantage": experience.get("advantages"), "return": experience.get("returns")}
+        full = {"logprob": rollout.logprobs, "ref_logprob": rollout.ref_logprobs, "kl": experience.kl,
+                "value": experience.values, "reward": experience.rewards,
+                "advantage": experience.advantages, "return": experience.returns}
         # A quantity this estimator does not compute (no value model: no value, no return) stays absent.
         cols = {name: x[i, :n].float() for name, x in full.items() if x is not None}
         cols["new_logprob"] = new_logprobs[:n].float()
@@ -129,7 +129,7 @@ class RolloutRecorder:
         tokens["clipped"] = [abs(r - 1.0) > clip_eps for r in cols["ratio"].tolist()]
         return {"type": "rollout", "stage": self.stage, "step": int(step), "index": i,
                 "prompt": rollout.prompts[i], "response": rollout.response_texts[i],
-                "score": _number(float(experience["scores"][i])), "eos": bool(rollout.has_eos[i]),
+                "score": _number(float(experience.scores[i])), "eos": bool(rollout.has_eos[i]),
                 "tokens": tokens}
 
     def _open(self, step: int) -> None:

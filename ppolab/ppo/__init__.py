@@ -2,7 +2,10 @@
 from ..advantage.aggregate import AGGREGATIONS, aggregate_loss
 from .losses import clipped_policy_loss, clipped_value_loss, entropy_from_logits, policy_ratio
 
-from .trainer import PPOTrainer
+from .experience import Experience
+from .protocols import Recorder, ValueHead
+from .trainer import PPOTrainer, minibatch_loss
 
-__all__ = ["PPOTrainer", "policy_ratio", "clipped_policy_loss", "clipped_value_loss", "entropy_from_logits",
+__all__ = ["PPOTrainer", "Experience", "minibatch_loss", "Recorder", "ValueHead",
+           "policy_ratio", "clipped_policy_loss", "clipped_value_loss", "entropy_from_logits",
            "aggregate_loss", "AGGREGATIONS"]

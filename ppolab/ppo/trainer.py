@@ -2,13 +2,17 @@
 
     prompts ─SequenceGenerator→ Rollout ─reward→ scores[B] ─per_token_kl, kl_penalized_rewards→ rewards[B,T]
             ─gae (+ masked_whiten)→ advantages, returns ─ExperienceBuffer→ minibatches × epochs
-            ─clipped_policy_loss + clipped_value_loss→ optimizer steps → stats
+            ─minibatch_loss (clipped_policy_loss + clipped_value_loss)→ optimizer steps → stats
+
+Stages hand each other typed batches: `Rollout` (token_attribution/rollout.py), then `Experience`
+(ppo/experience.py), whose row selections the `ExperienceBuffer` serves as micro-batches.
 
 Critic-free estimators (`PPOConfig.advantage_estimator`: GRPO, Dr. GRPO, RLOO, REINFORCE++) change
 only the advantage arrow (see `estimate_advantages`) and drop the value model and its loss.
 """
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
@@ -26,12 +30,65 @@ from ..models.builders import position_ids_from_mask
 from ..reward_kl import AdaptiveKLController, FixedKLController, kl_loss, kl_penalized_rewards, per_token_kl
 from ..token_attribution import Rollout, SequenceGenerator, logprobs_and_values, response_logprobs
 from ..token_attribution.generator import timed
+from .experience import Experience
 from .losses import clipped_policy_loss, clipped_value_loss
-
-# What the PPO epochs need per rollout; everything else in the experience is for logging.
-TRAIN_KEYS = ("input_ids", "attention_mask", "mask", "logprobs", "values", "advantages", "returns")
+from .protocols import Recorder, ValueHead
 
 RewardFn = Callable[[list[str], list[str]], "torch.Tensor | list[float]"]
+# (model, input_ids [B, P+T], attention_mask [B, P+T], n_response T, temperature, with_entropy=False)
+#   -> logprobs [B, T], or (logprobs, entropy) [B, T] each with with_entropy
+LogprobFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+
+
+def minibatch_loss(
+    policy: nn.Module, value: ValueHead | None, mb: Experience, config: PPOConfig, *, n_response: int,
+    temperature: float, policy_weight: float, token_weight: float, logprob_fn: LogprobFn = response_logprobs,
+    norm_length: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The PPO loss of one micro-batch `mb` (rows `[b, P+T]`), weighted by its share of the minibatch.
+
+    policy_weight: its share of what the policy loss averages over (tokens for token-mean, rows for
+    the seq-mean modes); token_weight: its share of the tokens (the value loss, token statistics).
+    Returns (loss, stats): the weighted sum of the micro-batches' losses is the minibatch's loss,
+    and the stats (floats) are pre-weighted the same way, so their sums are the minibatch's means.
+    norm_length: the fixed L of "seq-mean-token-sum-norm".
+    """
+    c, mask = config, mb.mask
+    agg = {"aggregation": c.loss_aggregation, "norm_length": norm_length}
+    logprobs, entropy, vpred = _forward(policy, value, mb, n_response, temperature, logprob_fn)
+    pg_loss, pg_stats = clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, c.clip_eps,
+                                            clip_eps_high=c.clip_eps_high, dual_clip=c.dual_clip, **agg)
+    if c.entropy_coef == 0:  # logged only: keep it out of the backward pass
+        entropy = entropy.detach()
+    policy_loss = pg_loss - c.entropy_coef * aggregate_loss(entropy, mask, c.loss_aggregation, norm_length)
+    by_policy_weight = {"policy_loss": pg_loss}
+    if c.kl_in == "loss":
+        kl = kl_loss(logprobs, mb.ref_logprobs, mask, c.kl_loss_estimator, **agg)
+        policy_loss = policy_loss + c.kl_loss_coef * kl
+        by_policy_weight["kl_loss"] = kl
+    loss = policy_loss * policy_weight
+    by_token_weight = {"entropy": masked_mean(entropy, mask), **pg_stats}
+    if value is not None:  # the value loss stays a token mean in every mode
+        vf_loss, vf_stats = clipped_value_loss(vpred, mb.values, mb.returns, mask, c.value_clip_eps)
+        loss = loss + c.vf_coef * vf_loss * token_weight
+        by_token_weight.update(value_loss=vf_loss, **vf_stats)
+    stats = {k: w * float(v.detach())
+             for w, values in ((policy_weight, by_policy_weight), (token_weight, by_token_weight))
+             for k, v in values.items()}
+    return loss, stats
+
+
+def _forward(policy, value, mb: Experience, n_response: int, temperature: float, logprob_fn: LogprobFn):
+    """(logprobs, entropy, values or None), each `[b, T]`, of the micro-batch under the current models."""
+    args = (mb.input_ids, mb.attention_mask, n_response, temperature)
+    if value is None:
+        return (*logprob_fn(policy, *args, with_entropy=True), None)
+    if logprob_fn is response_logprobs:
+        # One trunk pass for both heads when the value head sits on the policy's trunk.
+        return logprobs_and_values(policy, value, *args, with_entropy=True)
+    # A given log-prob function scores the policy on its own; the value model runs its own forward.
+    values = value(mb.input_ids, mb.attention_mask)[:, -n_response - 1 : -1]  # V(s_t) sits before a_t
+    return (*logprob_fn(policy, *args, with_entropy=True), values)
 
 
 @torch.no_grad()
@@ -68,6 +125,9 @@ class PPOTrainer:
     `value` is None exactly when the advantage estimator is critic-free (all but "gae"): then no
     value forward, value loss or value optimizer runs. With `group_size` G > 1, `ppo_step` takes
     `batch_size / G` prompts (per rank) and samples each G times, in consecutive rows.
+
+    `logprob_fn` (default `response_logprobs`) scores the policy in the update and the recorder's
+    pass; `state_dict()` / `load_state_dict()` checkpoint everything but the models' weights.
     """
 
     def __init__(
@@ -75,11 +135,12 @@ class PPOTrainer:
         config: PPOConfig,
         policy: nn.Module,
         ref: nn.Module | None,  # None: `Reference(policy)` (adapter-disabled base for LoRA, else a frozen copy)
-        value: nn.Module | None,  # None exactly for the critic-free estimators
+        value: ValueHead | None,  # None exactly for the critic-free estimators
         reward: nn.Module | RewardFn,
         tokenizer,
         generation: GenerationConfig | None = None,
-        recorder=None,
+        recorder: Recorder | None = None,
+        logprob_fn: LogprobFn = response_logprobs,
     ):
         self.config = config.validate()
         self.generation = (generation or GenerationConfig()).validate()
@@ -103,8 +164,9 @@ class PPOTrainer:
                 disable_dropout(model)  # however a checkpoint stored it; LoRA dropout too
         if isinstance(reward, RewardModel) and reward.tokenizer is None:
             reward.tokenizer = tokenizer  # same vocabulary as the policy unless given its own
-        dist.broadcast_modules(policy, ref, value, reward if isinstance(reward, nn.Module) else None)
+        policy, ref, value, reward = dist.prepare_models(policy, ref, value, reward, c)
         self.policy, self.ref, self.value, self.reward, self.tokenizer = policy, ref, value, reward, tokenizer
+        self.logprob_fn = logprob_fn
         self.generator = SequenceGenerator(policy, tokenizer, self.generation, ref, value)
         params = [p for p in policy.parameters() if p.requires_grad]
         if not params:
@@ -112,7 +174,7 @@ class PPOTrainer:
         self.policy_optimizer = torch.optim.AdamW(params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
         self.value_optimizer = None if value is None else torch.optim.AdamW(
             # A value head on the policy's trunk gives only its head here: the trunk is the policy's.
-            getattr(value, "trainable_parameters", value.parameters)(),
+            value.trainable_parameters(),
             lr=c.effective_value_lr, eps=c.adam_eps, weight_decay=c.weight_decay,
         )
         self.kl_controller = (
@@ -168,7 +230,7 @@ class PPOTrainer:
         return rollout
 
     @torch.no_grad()
-    def make_experience(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+    def make_experience(self, rollout: Rollout) -> Experience:
         """Stage 2: scores `[B]` -> KL-penalised rewards `[B, T]` -> advantages and returns `[B, T]`."""
         c = self.config
         mask = rollout.mask
@@ -183,11 +245,12 @@ class PPOTrainer:
             if c.whiten_rewards:
                 rewards = dist.global_masked_whiten(rewards, mask, shift_mean=False)
             advantages, returns = self.estimate_advantages(rewards, rollout.values, mask)
-        return {
-            "input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask, "mask": mask,
-            "logprobs": rollout.logprobs, "values": rollout.values, "advantages": advantages,
-            "returns": returns, "scores": scores, "kl": kl, "rewards": rewards, "ref_logprobs": rollout.ref_logprobs,
-        }
+        return Experience(
+            input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, mask=mask,
+            logprobs=rollout.logprobs, ref_logprobs=rollout.ref_logprobs, values=rollout.values,
+            advantages=advantages, returns=returns, scores=scores, kl=kl, rewards=rewards,
+            sampler_logprobs=rollout.sampler_logprobs,
+        )
 
     def estimate_advantages(
         self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
@@ -225,17 +288,16 @@ class PPOTrainer:
             per_sequence = group_advantages(sequence_rewards, c.group_size, scale=scale)
         return expand_to_tokens(per_sequence, mask), returns
 
-    def update(self, experience: dict[str, torch.Tensor]) -> dict:
+    def update(self, experience: Experience) -> dict:
         """Stage 3: PPO epochs over shuffled minibatches of the experience; returns mean losses."""
         buffer = ExperienceBuffer()
-        keys = TRAIN_KEYS + (("ref_logprobs",) if self.config.kl_in == "loss" else ())
-        buffer.add(**{k: experience[k] for k in keys})
+        buffer.add(experience)
         with timed(self.timings, "update"):
-            return self._update(buffer, n_response=experience["mask"].shape[1])
+            return self._update(buffer, n_response=experience.mask.shape[1])
 
-    def finish_step(self, rollout: Rollout, experience: dict, train_stats: dict) -> dict:
+    def finish_step(self, rollout: Rollout, experience: Experience, train_stats: dict) -> dict:
         """Update the KL controller and gather the step's statistics (of all ranks' rollouts)."""
-        mask, scores, rewards = rollout.mask, experience["scores"], experience["rewards"]
+        mask, scores, rewards = rollout.mask, experience.scores, experience.rewards
         k1 = per_token_kl(rollout.logprobs, rollout.ref_logprobs, mask, "k1")
         texts, has_eos = rollout.response_texts, rollout.has_eos
         if self.world_size > 1:  # every rank's rows in rank order, so all ranks log and steer alike
@@ -267,7 +329,7 @@ class PPOTrainer:
         return stats
 
     @torch.no_grad()
-    def _record(self, rollout: Rollout, experience: dict, stats: dict) -> None:
+    def _record(self, rollout: Rollout, experience: Experience, stats: dict) -> None:
         """Hand the recorder the step's tensors, with the recorded rows' log-probs after the update.
 
         One extra no-grad policy forward over just the recorded rows: the update's own log-probs are of
@@ -277,7 +339,7 @@ class PPOTrainer:
         if not rows:
             return
         idx = torch.tensor(rows, device=rollout.mask.device)
-        new_logprobs = response_logprobs(self.policy, rollout.input_ids[idx], rollout.attention_mask[idx],
+        new_logprobs = self.logprob_fn(self.policy, rollout.input_ids[idx], rollout.attention_mask[idx],
                                          rollout.mask.shape[1], self.generation.temperature)
         self.recorder.record(self.steps_done, rollout, experience, new_logprobs, stats, self.tokenizer,
                              clip_eps=self.config.clip_eps, rows=rows)
@@ -285,11 +347,9 @@ class PPOTrainer:
     def _update(self, buffer: ExperienceBuffer, n_response: int) -> dict:
         """PPO epochs over shuffled minibatches; each optimizer step accumulates micro-batches."""
         c = self.config
-        temp = self.generation.temperature
         mode = c.loss_aggregation
         # A fixed L for seq-mean-token-sum-norm: micro-batches and ranks hold responses of other widths.
         norm_length = self.generation.max_new_tokens if mode == "seq-mean-token-sum-norm" else None
-        agg = {"aggregation": mode, "norm_length": norm_length}
         optimizers = [o for o in (self.policy_optimizer, self.value_optimizer) if o is not None]
         self.policy.train()  # dropout was disabled when the models were built; train() only enables grads paths
         if self.value is not None:
@@ -307,53 +367,27 @@ class PPOTrainer:
             # minibatch's loss averages over - tokens for token-mean (and the value loss and the
             # logged token statistics), rows for the seq-mean modes - so the weighted sum is the
             # whole minibatch's loss. Data-parallel, the minibatch is all ranks' rows: the shares are
-            # of the global counts, so SUM-all-reducing the gradients gives the one-process gradient.
-            total_tokens = dist.all_sum(sum(float(mb["mask"].sum()) for mb in micro_batches))
-            total_units = dist.all_sum(float(sum(aggregation_units(mb["mask"], mode) for mb in micro_batches)))
+            # of the global counts, so SUM-reducing the gradients gives the one-process gradient.
+            total_tokens = dist.all_sum(sum(float(mb.mask.sum()) for mb in micro_batches))
+            total_units = dist.all_sum(float(sum(aggregation_units(mb.mask, mode) for mb in micro_batches)))
             step: dict[str, float] = {}
             for mb in micro_batches:
-                token_weight = float(mb["mask"].sum()) / total_tokens
-                policy_weight = aggregation_units(mb["mask"], mode) / total_units
-                args = (mb["input_ids"], mb["attention_mask"], n_response, temp)
-                if self.value is not None:
-                    # One trunk pass for both heads when the value head sits on the policy's trunk.
-                    logprobs, entropy, vpred = logprobs_and_values(self.policy, self.value, *args, with_entropy=True)
-                else:
-                    logprobs, entropy = response_logprobs(self.policy, *args, with_entropy=True)
-                pg_loss, pg_stats = clipped_policy_loss(
-                    logprobs, mb["logprobs"], mb["advantages"], mb["mask"], c.clip_eps,
-                    clip_eps_high=c.clip_eps_high, dual_clip=c.dual_clip, **agg,
+                loss, stats = minibatch_loss(
+                    self.policy, self.value, mb, c, n_response=n_response, temperature=self.generation.temperature,
+                    policy_weight=aggregation_units(mb.mask, mode) / total_units,
+                    token_weight=float(mb.mask.sum()) / total_tokens, logprob_fn=self.logprob_fn,
+                    norm_length=norm_length,
                 )
-                if c.entropy_coef == 0:  # logged only: keep it out of the backward pass
-                    entropy = entropy.detach()
-                policy_loss = pg_loss - c.entropy_coef * aggregate_loss(entropy, mb["mask"], mode, norm_length)
-                by_policy_weight = {"policy_loss": pg_loss}
-                if c.kl_in == "loss":
-                    kl = kl_loss(logprobs, mb["ref_logprobs"], mb["mask"], c.kl_loss_estimator, **agg)
-                    policy_loss = policy_loss + c.kl_loss_coef * kl
-                    by_policy_weight["kl_loss"] = kl
-                loss = policy_loss * policy_weight
-                by_token_weight = {"entropy": masked_mean(entropy, mb["mask"]), **pg_stats}
-                if self.value is not None:  # the value loss stays a token mean in every mode
-                    vf_loss, vf_stats = clipped_value_loss(
-                        vpred, mb["values"], mb["returns"], mb["mask"], c.value_clip_eps
-                    )
-                    loss = loss + c.vf_coef * vf_loss * token_weight
-                    by_token_weight.update(value_loss=vf_loss, **vf_stats)
                 loss.backward()
-                for weight, values in ((policy_weight, by_policy_weight), (token_weight, by_token_weight)):
-                    for k, v in values.items():
-                        step[k] = step.get(k, 0.0) + weight * float(v.detach())
-            groups = [g for o in optimizers for g in o.param_groups]
-            dist.all_reduce_gradients([p for g in groups for p in g["params"]])  # SUM: weights are global shares
+                for k, v in stats.items():
+                    step[k] = step.get(k, 0.0) + v
+            param_lists = [[p for g in o.param_groups for p in g["params"]] for o in optimizers]
+            self._reduce_gradients([p for params in param_lists for p in params])
             step = dist.all_sum(step)  # each rank held its share of the minibatch means
-            if c.max_grad_norm > 0:  # after the all-reduce: every rank clips by the same global norm
-                policy_params = [p for g in self.policy_optimizer.param_groups for p in g["params"]]
-                step["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy_params, c.max_grad_norm))
-                if self.value is not None:
-                    torch.nn.utils.clip_grad_norm_(
-                        getattr(self.value, "trainable_parameters", self.value.parameters)(), c.max_grad_norm
-                    )
+            if c.max_grad_norm > 0:  # after the reduction: every rank clips by the same global norm
+                step["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(param_lists[0], c.max_grad_norm))
+                for params in param_lists[1:]:  # the value model's, clipped on its own
+                    torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
             for o in optimizers:
                 o.step()
             for k, v in step.items():
@@ -363,3 +397,38 @@ class PPOTrainer:
         if self.value is not None:
             self.value.eval()
         return {k: v / n_steps for k, v in sums.items()}
+
+    def _reduce_gradients(self, params: list[nn.Parameter]) -> None:
+        """Sum the gradients of `params` over the ranks (the micro-batch weights are global shares)."""
+        dist.all_reduce_gradients(params)
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs besides the models' weights: optimizers, KL controller,
+        steps done and the RNG states (sampling draws from torch's global generator)."""
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "policy_optimizer": self.policy_optimizer.state_dict(),
+            "value_optimizer": None if self.value_optimizer is None else self.value_optimizer.state_dict(),
+            "kl_controller": dict(vars(self.kl_controller)),
+            "steps_done": self.steps_done,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`'s output into a trainer built on the same models and config."""
+        if (state["value_optimizer"] is None) != (self.value_optimizer is None):
+            raise ValueError("load_state_dict: the checkpoint's value optimizer does not match this trainer's "
+                             f"(advantage_estimator={self.config.advantage_estimator!r})")
+        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        if self.value_optimizer is not None:
+            self.value_optimizer.load_state_dict(state["value_optimizer"])
+        vars(self.kl_controller).update(state["kl_controller"])
+        self.steps_done = int(state["steps_done"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

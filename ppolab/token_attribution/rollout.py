@@ -26,10 +26,10 @@ class Rollout:
 
     prompt_ids `[B, P]` left-padded, prompt_mask `[B, P]`; response_ids `[B, T]`, right-padded
     with pad after EOS; mask `[B, T]` 1 up to and including EOS; logprobs, ref_logprobs, values
-    `[B, T]`; has_eos `[B]` bool; sampler_logprobs `[B, T]` the log-probs the sampler drew each token
-    with (equal to logprobs, often the same tensor, when the sampler is the policy's own fp32 path;
-    else those of the merged/quantised/bf16 copy or engine; None in rollouts built elsewhere).
-    `logprobs` are always the policy's, what PPO's ratio uses. Row b's action t is response_ids[b, t]; its state is the prompt
+    `[B, T]`; has_eos `[B]` bool; sampler_logprobs `[B, T]` or None: the sampler's own log-probs of
+    the tokens it drew (the same tensor as `logprobs` when the sampler is the policy's own fp32
+    path; else a merged/quantised/bf16 copy's or another engine's, for rollout correction;
+    `logprobs` are what the PPO ratio uses). Row b's action t is response_ids[b, t]; its state is the prompt
     followed by response_ids[b, :t].
     """
 
