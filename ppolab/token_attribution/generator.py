@@ -90,13 +90,14 @@ class SequenceGenerator:
         self.reference = reference if reference is not None else Reference(policy)
         self.value_model = value_model
         self.timings: dict[str, float] = {}  # seconds per phase of the last generate()
-        # What samples: the policy, a merged copy of its LoRA adapter, or an int8 copy (LoRA merged
+        # What samples: the policy, a merged copy of its LoRA adapter, or a quantised copy (LoRA merged
         # in), refreshed every generate().
         self.sampler, self._refresh_sampler = policy, None
-        if self.config.sampler_quantization == "int8":
-            from ..models.int8_sampler import int8_sampling_copy, refresh_int8
+        if self.config.sampler_quantization is not None:
+            from ..models.quantized_sampler import quantized_sampling_copy, refresh_quantized
 
-            self.sampler, self._refresh_sampler = int8_sampling_copy(policy), refresh_int8
+            self.sampler = quantized_sampling_copy(policy, self.config.sampler_quantization)
+            self._refresh_sampler = refresh_quantized
         elif self.config.merged_lora_sampling:
             self.sampler, self._refresh_sampler = merged_copy(policy), refresh_merged
         if tokenizer.pad_token_id is None:
