@@ -184,3 +184,29 @@ def test_prompts_recorded_before_are_recorded_again(tmp_path):
     T = s.mask.shape[1]
     for name, x in {"logprob": rollout.logprobs[rows], "advantage": exp.advantages[rows], "new_logprob": new}.items():
         torch.testing.assert_close(s.tokens[name][s.mask], x[:, :T][s.mask].float(), rtol=2e-6, atol=2e-6, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*quantize_per:UserWarning")
+def test_a_quantised_sampler_records_its_logprobs_and_the_mismatch(tmp_path):
+    rec = RolloutRecorder(tmp_path / "rollouts.jsonl", per_step=3)
+    t = make_trainer(rec)
+    t.generator = type(t.generator)(t.policy, t.tokenizer, GenerationConfig(max_new_tokens=8, sampler_quantization="int8"),
+                                    t.ref, t.value)
+    rollout, exp, stats = step_by_hand(t)
+    s = load_rollouts(tmp_path)[0]
+    T = s.mask.shape[1]
+    got = s.tokens["sampler_logprob"][s.mask]
+    torch.testing.assert_close(got, rollout.sampler_logprobs[:3, :T][s.mask], rtol=2e-6, atol=2e-6)
+    diff = (rollout.logprobs - rollout.sampler_logprobs)[:3, :T][s.mask]
+    torch.testing.assert_close(s.tokens["mismatch"][s.mask], diff, rtol=1e-5, atol=2e-6)
+    assert float(diff.abs().max()) > 0
+    assert stats["mismatch/logprob_abs_mean"] > 0
+    assert s.means["mismatch/logprob_abs_mean"] == pytest.approx(stats["mismatch/logprob_abs_mean"], rel=1e-6)
+
+
+def test_the_policys_own_sampler_records_no_sampler_columns(tmp_path):
+    rec = RolloutRecorder(tmp_path / "rollouts.jsonl", per_step=2)
+    step_by_hand(make_trainer(rec))
+    s = load_rollouts(tmp_path)[0]
+    assert "sampler_logprob" not in s.tokens and "mismatch" not in s.tokens
+    assert s.means["mismatch/logprob_abs_max"] == 0.0

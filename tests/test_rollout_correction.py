@@ -132,3 +132,102 @@ def test_weighted_policy_gradient_matches_the_reference(batch, mode, cap, level,
                                   aggregation)
     assert_matches(loss, expected_loss, batch.dtype, scale=10)
     assert_matches(x.grad, expected_grad, batch.dtype, scale=10)
+
+
+# --- in the trainer's minibatch_loss and ppo_step ----------------------------------------------------
+
+from ppolab.ppo import minibatch_loss  # noqa: E402
+from ppolab.ppo.losses import policy_ratio  # noqa: E402
+from ppolab.token_attribution import response_logprobs  # noqa: E402
+from tests.test_trainer import PROMPTS, make_trainer  # noqa: E402
+
+CORRECTIONS = [("tis", "token"), ("tis", "sequence"), ("mis", "token"), ("mis", "sequence")]
+
+
+def _loss_and_grads(t, exp, **config):
+    import dataclasses
+
+    c = dataclasses.replace(t.config, **config)
+    T = exp.mask.shape[1]
+    t.policy.zero_grad(set_to_none=True)
+    loss, stats = minibatch_loss(t.policy, t.value, exp, c, n_response=T, temperature=t.generation.temperature,
+                                 policy_weight=1.0, token_weight=1.0, logprob_fn=response_logprobs,
+                                 norm_length=t.generation.max_new_tokens
+                                 if c.loss_aggregation == "seq-mean-token-sum-norm" else None)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in t.policy.parameters() if p.grad is not None], stats
+
+
+@pytest.mark.parametrize("estimator", ["gae", "grpo"])  # a critic and a critic-free estimator
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_identical_sampler_every_correction_equals_none_in_minibatch_loss(estimator, aggregation):
+    kw = dict(advantage_estimator=estimator, group_size=2) if estimator != "gae" else {}
+    t = make_trainer(loss_aggregation=aggregation, **kw)
+    exp = t.make_experience(t.rollout(PROMPTS * (2 // t.config.group_size)))
+    assert exp.sampler_logprobs is exp.logprobs  # the policy's own fp32 sampler
+    with torch.no_grad():  # one update's distance from the rollout, so ratios are not all 1
+        for p in t.policy.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    loss, grads, _ = _loss_and_grads(t, exp)
+    for mode, level in CORRECTIONS:
+        got, got_grads, stats = _loss_and_grads(t, exp, rollout_correction=mode, rollout_correction_level=level)
+        assert torch.equal(got, loss) and all(torch.equal(a, b) for a, b in zip(got_grads, grads)), (mode, level)
+        assert stats["rollout_correction/weight_mean"] == 1.0
+
+
+@pytest.mark.parametrize("estimator", ["gae", "rloo", "reinforce_pp"])
+def test_identical_sampler_every_correction_makes_the_same_ppo_step(estimator):
+    kw = dict(advantage_estimator=estimator, group_size=2) if estimator == "rloo" else dict(
+        advantage_estimator=estimator)
+    want = None
+    for mode, level in [("none", "token"), *CORRECTIONS[1:3]]:
+        t = make_trainer(rollout_correction=mode, rollout_correction_level=level, **kw)
+        stats = t.ppo_step(PROMPTS * (2 // t.config.group_size))
+        assert stats["mismatch/logprob_abs_max"] == 0.0 and stats["mismatch/k3_kl"] == 0.0
+        params = [p.detach().clone() for p in t.policy.parameters()]
+        if want is None:
+            want = params
+        assert all(torch.equal(a, b) for a, b in zip(params, want)), (mode, level)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_tis_with_a_perturbed_sampler_gives_the_reference_gradient(level):
+    """The sampler drew with other log-probs: minibatch_loss's gradient is the reference's, a loop over
+    tokens of min(rho, C) x the token's clipped surrogate, token-mean."""
+    import dataclasses
+
+    t = make_trainer()
+    exp = t.make_experience(t.rollout(PROMPTS * 2))
+    g = torch.Generator().manual_seed(3)
+    sampler = exp.logprobs + 0.3 * torch.randn(exp.logprobs.shape, generator=g) * exp.mask
+    exp = dataclasses.replace(exp, sampler_logprobs=sampler)
+    none_loss, none_grads, _ = _loss_and_grads(t, exp)
+    loss, grads, stats = _loss_and_grads(t, exp, rollout_correction="tis", rollout_correction_cap=1.5,
+                                         rollout_correction_level=level)
+    assert stats["rollout_correction/weight_mean"] != 1.0
+    # The reference: token by token, the same terms built from scratch.
+    t.policy.zero_grad(set_to_none=True)
+    T = exp.mask.shape[1]
+    lp = response_logprobs(t.policy, exp.input_ids, exp.attention_mask, T, t.generation.temperature)
+    m = exp.mask.tolist()
+    w = ref.rollout_correction_weights(exp.logprobs.tolist(), sampler.tolist(), m, "tis", 1.5, level)
+    ratio = policy_ratio(lp, exp.logprobs)
+    terms = []
+    for b, tt in ref.valid_positions(m):
+        a, r = float(exp.advantages[b, tt]), ratio[b, tt]
+        terms.append(w[b][tt] * torch.maximum(-a * r, -a * torch.clamp(r, 1 - t.config.clip_eps, 1 + t.config.clip_eps)))
+    ref_loss = torch.stack(terms).sum() / len(terms)
+    vf_loss, _ = _value_loss(t, exp)
+    (ref_loss + t.config.vf_coef * vf_loss).backward()
+    ref_grads = [p.grad.clone() for p in t.policy.parameters() if p.grad is not None]
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert any(not torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(grads, none_grads))  # it mattered
+
+
+def _value_loss(t, exp):
+    from ppolab.ppo import clipped_value_loss
+
+    T = exp.mask.shape[1]
+    v = t.value(exp.input_ids, exp.attention_mask)[:, -T - 1 : -1]
+    return clipped_value_loss(v, exp.values, exp.returns, exp.mask, t.config.value_clip_eps)

@@ -115,8 +115,8 @@ class GenerationConfig:
     # the base weights; no adapter matmuls per decoded token), refreshed before every rollout. The
     # rollout's log-probs stay the LoRA policy's (to fp32 rounding); the reference is unchanged.
     merged_lora_sampling: bool = False
-    # None: sample from the policy's own weights. "int8": from a copy whose linear layers hold int8
-    # weights (CPU; ppolab.models.quantized), refreshed before every rollout. The rollout's `logprobs`
+    # None: sample from the policy's own weights. "int8" / "fp16": from a copy whose linear layers hold
+    # int8 / fp16 weights (CPU; ppolab.models.quantized_sampler), refreshed before every rollout. The rollout's `logprobs`
     # are then the policy's, recomputed; `sampler_logprobs` the copy's (see PPOConfig.rollout_correction).
     sampler_quantization: str | None = None
     # The decoding loop: "eager" (a KV cache that grows by one column per token) or "static" (one
@@ -137,8 +137,8 @@ class GenerationConfig:
                f"must be true, false or null, got {self.logprobs_from_sampling!r}")
         _check(isinstance(self.merged_lora_sampling, bool), c, "merged_lora_sampling",
                f"must be true or false, got {self.merged_lora_sampling!r}")
-        _check(self.sampler_quantization in (None, "int8"), c, "sampler_quantization",
-               f"must be null or 'int8', got {self.sampler_quantization!r}")
+        _check(self.sampler_quantization in (None, "int8", "fp16"), c, "sampler_quantization",
+               f"must be null, 'int8' or 'fp16', got {self.sampler_quantization!r}")
         _check(not (self.sampler_quantization and self.logprobs_from_sampling), c, "logprobs_from_sampling",
                "true would make PPO's ratio start from the quantised sampler's log-probs: with "
                "sampler_quantization the policy's are recomputed (leave it null)")

@@ -7,10 +7,12 @@ field). Per step it writes one `{"type": "step", ...}` line of batch means and o
 batch), with one list per token column:
 
     id, text, logprob, ref_logprob, kl, value, reward, reward_kl, reward_score,
-    advantage, return, new_logprob, ratio, clipped
+    advantage, return, new_logprob, ratio, clipped, sampler_logprob, mismatch
 
 Columns the estimator does not compute (no value model: no `value`, `return`) are absent, never
-zero. Every step is appended, flushed and fsynced; a step is never half written on disk unless
+zero; `sampler_logprob` (what the sampler drew the token with) and `mismatch` (logprob -
+sampler_logprob) only when the sampler is not the policy's own path (a merged, quantised or bf16
+copy, another engine). Every step is appended, flushed and fsynced; a step is never half written on disk unless
 the process dies inside the write, and the reader skips such a torn last line.
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ from .tokens import token_texts
 
 # Per-step means plotted by the inspector, by the name the trainer's stats use.
 STEP_MEANS = ("score_mean", "reward_mean", "kl", "kl_coef", "value_loss", "policy_loss", "clipfrac",
-              "approx_kl", "entropy", "response_length", "eos_fraction")
+              "approx_kl", "entropy", "response_length", "eos_fraction", "mismatch/logprob_abs_mean",
+              "mismatch/logprob_abs_max", "mismatch/k3_kl", "mismatch/ratio_outside_0.5_2")
 
 
 def _number(x: float) -> float | None:
@@ -121,6 +124,10 @@ class RolloutRecorder:
         # A quantity this estimator does not compute (no value model: no value, no return) stays absent.
         cols = {name: x[i, :n].float() for name, x in full.items() if x is not None}
         cols["new_logprob"] = new_logprobs[:n].float()
+        sampler = getattr(rollout, "sampler_logprobs", None)
+        if sampler is not None and sampler is not rollout.logprobs:  # else the same numbers as logprob
+            cols["sampler_logprob"] = sampler[i, :n].float()
+            cols["mismatch"] = cols["logprob"] - cols["sampler_logprob"]
         cols["reward_kl"] = -float(stats["kl_coef"]) * cols["kl"]  # the KL part of the reward
         cols["reward_score"] = cols["reward"] - cols["reward_kl"]  # the rest: the score at the last token
         cols["ratio"] = torch.exp(cols["new_logprob"] - cols["logprob"])

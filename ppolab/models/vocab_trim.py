@@ -59,8 +59,12 @@ class TrimmedLMHead(nn.Module):
         self.register_buffer("keep_ids", keep_ids.to(weight.device), persistent=False)
         self.register_buffer("rows", weight.detach()[keep_ids].clone(), persistent=False)
 
+    def kept_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden `[..., H]` -> logits of the kept ids only, `[..., K]`."""
+        return F.linear(hidden, self.rows.to(hidden.dtype))
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        small = F.linear(hidden, self.rows.to(hidden.dtype))
+        small = self.kept_logits(hidden)
         out = small.new_full((*small.shape[:-1], self.vocab_size), EXCLUDED_LOGIT)
         return out.index_copy_(-1, self.keep_ids, small)
 

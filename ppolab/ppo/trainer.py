@@ -32,6 +32,7 @@ from ..token_attribution import Rollout, SequenceGenerator, logprobs_and_values,
 from ..token_attribution.generator import timed
 from .experience import Experience
 from .losses import clipped_policy_loss, clipped_value_loss
+from .rollout_correction import mismatch_stats, rollout_correction_weights
 from .protocols import Recorder, ValueHead
 
 RewardFn = Callable[[list[str], list[str]], "torch.Tensor | list[float]"]
@@ -56,8 +57,14 @@ def minibatch_loss(
     c, mask = config, mb.mask
     agg = {"aggregation": c.loss_aggregation, "norm_length": norm_length}
     logprobs, entropy, vpred = _forward(policy, value, mb, n_response, temperature, logprob_fn)
+    weights, correction_stats = None, {}
+    if c.rollout_correction != "none" and mb.sampler_logprobs is not None:  # the sampler-trainer mismatch
+        weights, correction_stats = rollout_correction_weights(
+            mb.logprobs, mb.sampler_logprobs, mask, c.rollout_correction, c.rollout_correction_cap,
+            c.rollout_correction_level)
     pg_loss, pg_stats = clipped_policy_loss(logprobs, mb.logprobs, mb.advantages, mask, c.clip_eps,
-                                            clip_eps_high=c.clip_eps_high, dual_clip=c.dual_clip, **agg)
+                                            clip_eps_high=c.clip_eps_high, dual_clip=c.dual_clip, **agg,
+                                            weights=weights)
     if c.entropy_coef == 0:  # logged only: keep it out of the backward pass
         entropy = entropy.detach()
     policy_loss = pg_loss - c.entropy_coef * aggregate_loss(entropy, mask, c.loss_aggregation, norm_length)
@@ -67,7 +74,7 @@ def minibatch_loss(
         policy_loss = policy_loss + c.kl_loss_coef * kl
         by_policy_weight["kl_loss"] = kl
     loss = policy_loss * policy_weight
-    by_token_weight = {"entropy": masked_mean(entropy, mask), **pg_stats}
+    by_token_weight = {"entropy": masked_mean(entropy, mask), **pg_stats, **correction_stats}
     if value is not None:  # the value loss stays a token mean in every mode
         vf_loss, vf_stats = clipped_value_loss(vpred, mb.values, mb.returns, mask, c.value_clip_eps)
         loss = loss + c.vf_coef * vf_loss * token_weight
@@ -321,6 +328,9 @@ class PPOTrainer:
             "response_length": n_tokens / len(scores),
             "eos_fraction": float(has_eos.float().mean()),
             **train_stats,
+            # Sampler vs trainer log-probs (rank 0's rows): 0 when the sampler is the policy's own path.
+            **(mismatch_stats(rollout.logprobs, rollout.sampler_logprobs, rollout.mask)
+               if rollout.sampler_logprobs is not None else {}),
             "timings": dict(self.timings),
             "tokens": int(n_tokens),
         }

@@ -76,10 +76,17 @@ class SequenceGenerator:
         self.reference = reference if reference is not None else Reference(policy)
         self.value_model = value_model
         self.timings: dict[str, float] = {}  # seconds per phase of the last generate()
-        # What samples: the policy, or a merged copy of its LoRA adapter, refreshed every generate().
-        self.sampler = policy
-        if self.config.merged_lora_sampling or (self.config.engine == "static" and is_peft(policy)):
-            self.sampler = merged_copy(policy)  # the static engine captures plain weights
+        # What samples: the policy, a merged copy of its LoRA adapter, or a quantised copy (LoRA merged
+        # in), refreshed every generate().
+        self.sampler, self._refresh_sampler = policy, None
+        if self.config.sampler_quantization is not None:
+            from ..models.quantized_sampler import quantized_sampling_copy, refresh_quantized
+
+            self.sampler = quantized_sampling_copy(policy, self.config.sampler_quantization)
+            self._refresh_sampler = refresh_quantized
+        elif self.config.merged_lora_sampling or (self.config.engine == "static" and is_peft(policy)):
+            # the static engine captures plain weights
+            self.sampler, self._refresh_sampler = merged_copy(policy), refresh_merged
         if tokenizer.pad_token_id is None:
             raise ValueError("SequenceGenerator: the tokenizer has no pad token")
         if tokenizer.padding_side != "left":
@@ -197,9 +204,9 @@ class SequenceGenerator:
         prompt_ids, prompt_mask = self.encode_prompts(prompts)
         was_training = self.policy.training
         self.policy.eval()
-        if self.sampler is not self.policy:
+        if self._refresh_sampler is not None:
             with timed(self.timings, "merge"):
-                refresh_merged(self.sampler, self.policy)  # the adapter as the last update left it
+                self._refresh_sampler(self.sampler, self.policy)  # the weights as the last update left them
         try:
             with timed(self.timings, "generate"):
                 response, sampler_logprobs, values = self.sample(prompt_ids, prompt_mask)

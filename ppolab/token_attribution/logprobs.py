@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.builders import Reference, base_trunk, is_peft, position_ids_from_mask
@@ -79,7 +78,7 @@ def logprob_head(model: nn.Module):
     V = inner.config.vocab_size  # the logits' width (a TrimmedLMHead's too: it fills what it drops)
     trimmed = inner.get_output_embeddings()
     if isinstance(trimmed, TrimmedLMHead) and head is trimmed:
-        return (lambda h: F.linear(h, trimmed.rows.to(h.dtype))), trimmed.keep_ids, V
+        return trimmed.kept_logits, trimmed.keep_ids, V
     return head, None, V
 
 
