@@ -15,7 +15,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from .errors import UserError  # noqa: E402 (no imports of its own)
 from .io import read_utf8  # noqa: E402 (stdlib only)
 
-STAGE_COMMANDS = {"sft": "sft", "synth": "synth", "train-rm": "reward_model", "ppo": "ppo_coldstart"}
 
 
 def _config_file(path: Path) -> dict:
@@ -111,13 +110,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from .pipeline import Run, run_pipeline
+    from .pipeline import STAGES, Run, run_pipeline
 
     cfg = _settings(args)
     if _show_config(args, cfg):
         return 0
     run = Run(args.run, cfg)
-    stage = "ppo_final" if args.command == "ppo" and args.final else STAGE_COMMANDS[args.command]
+    command = f"{args.command} --final" if getattr(args, "final", False) else args.command
+    stage = next(s.name for s in STAGES if s.cli_name == command)
     results = run_pipeline(run, cfg, only=[stage])
     print(json.dumps({k: v for k, v in results.get(stage, {}).items() if k != "history"}, indent=2, default=str))
     return 0
@@ -129,7 +129,9 @@ def cmd_preference(args) -> int:
     import dataclasses
 
     from .models import wrap_lora
-    from .pipeline.stages import _evaluate, _load_policy, _rm_pair
+    from .pipeline.evaluate import evaluate
+    from .pipeline.models import load_policy, sft_dir
+    from .pipeline.pairs import rm_pair
     from .preference import train_dpo, train_orpo
     from .sft import save_sft
     from .synthetic import load_preferences
@@ -138,10 +140,10 @@ def cmd_preference(args) -> int:
     if _show_config(args, cfg):
         return 0
     run = Path(args.run)
-    policy, tok = _load_policy(run / "sft", cfg)
+    policy, tok = load_policy(sft_dir(run), cfg)
     if cfg.model.lora:  # the reference is then the base with the adapter off, as in PPO
         policy = wrap_lora(policy, cfg.model)
-    pairs = [_rm_pair(p) for p in load_preferences(run / "synthetic_preferences.jsonl")]
+    pairs = [rm_pair(p) for p in load_preferences(run / "synthetic_preferences.jsonl")]
     out = run / f"{args.command}_model"
     section = getattr(cfg, args.command)
     history = (train_dpo if args.command == "dpo" else train_orpo)(policy, tok, pairs, section)
@@ -149,7 +151,7 @@ def cmd_preference(args) -> int:
         policy = policy.merge_and_unload()
     save_sft(policy, tok, out, extra={"training_log.json": {"trainer": args.command, "history": history,
                                                              "config": dataclasses.asdict(section)}})
-    ev = _evaluate(policy, tok, cfg)
+    ev = evaluate(policy, tok, cfg)
     print(json.dumps({"model": str(out), "steps": len(history), "last": history[-1] if history else None,
                       "chrf_test": ev["chrf"], "bleu_test": ev["bleu"]}, indent=2, default=float))
     return 0
@@ -161,7 +163,7 @@ def cmd_translate(args) -> int:
     from .data import build_prompt
     from .models import RewardModel
     from .model_files import check_model_folder, check_reward_folder
-    from .pipeline.stages import as_response
+    from .pipeline.models import as_response
     from .sft import load_sft
     from .sft.translate import translate
 
@@ -288,6 +290,11 @@ class _Parser(argparse.ArgumentParser):
                           help="show the Python traceback of any error")
 
 
+def _stage_help(stage) -> str:
+    """The first line of the stage module's docstring."""
+    return (sys.modules[stage.run.__module__].__doc__ or stage.name).strip().splitlines()[0].rstrip(".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="ppolab", description="PPO for RLHF of language models: EN/FR -> AR showcase.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -297,12 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.set_defaults(fn=cmd_demo)
 
-    for name, helptext in (("sft", "supervised fine-tuning"), ("synth", "synthetic preference pairs"),
-                           ("train-rm", "cold-start reward model"), ("ppo", "PPO (cold start; --final for the final stage)")):
-        p = sub.add_parser(name, help=helptext)
+    # One command per stage the registry names (`cli_name`; "CMD --flag" is a flag of CMD), e.g.
+    # `ppolab ppo` and `ppolab ppo --final`. The registry imports torch: every command loads it.
+    from .pipeline.stages import STAGES
+
+    commands: dict[str, list] = {}
+    for s in STAGES:
+        if s.cli_name:
+            commands.setdefault(s.cli_name.split()[0], []).append(s)
+    for name, stages in commands.items():
+        p = sub.add_parser(name, help=" / ".join(_stage_help(s) for s in stages))
         _add_settings(p)
-        if name == "ppo":
-            p.add_argument("--final", action="store_true", help="the final stage (human-tuned reward model)")
+        for s in stages:
+            flag = s.cli_name.split()[1:]
+            if flag:
+                p.add_argument(flag[0], action="store_true", help=f"the {s.name} stage: {_stage_help(s)}")
         p.set_defaults(fn=cmd_stage)
 
     for name in ("dpo", "orpo"):

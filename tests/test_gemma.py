@@ -98,10 +98,10 @@ def test_the_pretrained_name_works_where_a_model_folder_is_checked(folder, capsy
     from ppolab.cli import main
     from ppolab.model_files import check_model_folder
     from ppolab.pipeline import resolve
-    from ppolab.pipeline.stages import _load_policy
+    from ppolab.pipeline.models import load_policy
 
     assert check_model_folder("gemma3-270m") == folder
-    model, tok = _load_policy("gemma3-270m", resolve("cpu-test", {"model": {"vocab_trim": "arabic"}}))
+    model, tok = load_policy("gemma3-270m", resolve("cpu-test", {"model": {"vocab_trim": "arabic"}}))
     assert type(model.get_output_embeddings()).__name__ == "TrimmedLMHead" and prompt_format(tok) == "fewshot"
     del model
     corpus = tmp_path / "one_pair.tsv"

@@ -85,7 +85,7 @@ def test_rerun_skips_completed_stages(finished_run, capsys):
 
 def test_ppo_resumes_after_a_crash(finished_run, monkeypatch):
     run, cfg, _ = finished_run
-    from ppolab.pipeline import stages
+    from ppolab.pipeline.stages import ppo as stages
     from ppolab.ppo import PPOTrainer
 
     section = _ppo(cfg, steps=3)
@@ -100,9 +100,9 @@ def test_ppo_resumes_after_a_crash(finished_run, monkeypatch):
     monkeypatch.setattr(PPOTrainer, "ppo_step", crashing_step)
     out = run / "ppo_resume_test"
     with pytest.raises(KeyboardInterrupt):
-        stages.stage_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, section)
+        stages.run_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, section)
     assert (run / ".ppo_resume.checkpoint.pt").exists() and not out.exists()
-    result = stages.stage_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, section)
+    result = stages.run_ppo(run, cfg, "ppo_resume", run / "sft", run / "reward_model_coldstart", out, section)
     steps = [r["step"] for r in run.metrics("ppo_resume") if "score_mean" in r]
     assert steps == [1, 2, 3] and out.exists() and result["steps"] == 3
 
@@ -111,7 +111,7 @@ def test_ppo_killed_after_recording_resumes_without_duplicate_rollouts(finished_
     """Killed between writing a step's rollouts and its checkpoint: the redone step is recorded once."""
     run, cfg, _ = finished_run
     from ppolab.inspect import load_rollouts
-    from ppolab.pipeline import stages
+    from ppolab.pipeline.stages import ppo as stages
     from ppolab.ppo import PPOTrainer
 
     real_step, calls = PPOTrainer.ppo_step, {"n": 0}
@@ -126,10 +126,10 @@ def test_ppo_killed_after_recording_resumes_without_duplicate_rollouts(finished_
     monkeypatch.setattr(PPOTrainer, "ppo_step", killed_after_step)
     out = run / "ppo_rec_test"
     with pytest.raises(KeyboardInterrupt):
-        stages.stage_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, _ppo(cfg, steps=3))
+        stages.run_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, _ppo(cfg, steps=3))
     recorded = [(s.stage, s.step) for s in load_rollouts(run / "rollouts.jsonl")]
     assert ("ppo_rec", 2) in recorded  # step 2's rollouts were on disk when the process died
-    stages.stage_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, _ppo(cfg, steps=3))
+    stages.run_ppo(run, cfg, "ppo_rec", run / "sft", run / "reward_model_coldstart", out, _ppo(cfg, steps=3))
     lines = [json.loads(line) for line in (run / "rollouts.jsonl").read_text(encoding="utf-8").splitlines()]
     mine = [(r["step"], r["type"], r.get("index")) for r in lines if r["stage"] == "ppo_rec"]
     assert len(mine) == len(set(mine)) and sorted({s for s, *_ in mine}) == [1, 2, 3]
@@ -145,7 +145,8 @@ def test_settings_overrides_name_unknown_keys():
 
 
 def test_reference_pairs_prefer_the_reference_over_each_rejected_sample_once():
-    from ppolab.pipeline.stages import as_response, reference_pairs
+    from ppolab.pipeline.models import as_response
+    from ppolab.pipeline.pairs import reference_pairs
 
     rows = [
         {"prompt": "P1", "reference": "مرحبا", "chosen": "a", "rejected": "b", "rejected_score": 0.1},
@@ -168,9 +169,7 @@ def test_each_stage_starts_from_its_own_seed(tmp_path, monkeypatch):
     def draw(*args, **kwargs):
         return {"draw": torch.rand(3).tolist()}
 
-    for name in ("stage_base", "stage_sft", "stage_synth", "stage_reward_model", "stage_ppo", "stage_feedback",
-                 "stage_reward_model_human"):
-        monkeypatch.setattr(stages, name, draw)
+    monkeypatch.setattr(stages, "STAGES", tuple(dataclasses.replace(s, run=draw) for s in stages.STAGES))
     cfg = resolve("fast", MICRO)
     fresh = Run(tmp_path / "fresh", cfg)
     run_pipeline(fresh, cfg)
@@ -191,12 +190,12 @@ PPO_FIGURES = ("reward_start", "reward_end", "kl_per_token_end", "kl_per_sequenc
 def test_a_kill_between_metrics_row_and_checkpoint_changes_no_figure(finished_run, monkeypatch, when):
     """Killed around a step's two writes (its metrics row, its checkpoint), a resumed stage reports
     exactly what an uninterrupted one does, and the reader sees each step once."""
-    from ppolab.pipeline import stages
+    from ppolab.pipeline.stages import ppo as stages
 
     run, cfg, _ = finished_run
     section = _ppo(cfg, steps=3)
     args = (run / "sft", run / "reward_model_coldstart")
-    clean = stages.stage_ppo(run, cfg, "ppo_clean", *args, run / "ppo_clean_out", section)
+    clean = stages.run_ppo(run, cfg, "ppo_clean", *args, run / "ppo_clean_out", section)
 
     real_log, killed = Run.log, []
 
@@ -211,8 +210,8 @@ def test_a_kill_between_metrics_row_and_checkpoint_changes_no_figure(finished_ru
     monkeypatch.setattr(Run, "log", log_then_die)
     stage = f"ppo_kill_{when}"
     with pytest.raises(KeyboardInterrupt):
-        stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", section)
-    resumed = stages.stage_ppo(run, cfg, stage, *args, run / f"{stage}_out", section)
+        stages.run_ppo(run, cfg, stage, *args, run / f"{stage}_out", section)
+    resumed = stages.run_ppo(run, cfg, stage, *args, run / f"{stage}_out", section)
     assert {k: resumed[k] for k in PPO_FIGURES} == {k: clean[k] for k in PPO_FIGURES}
     assert [r["step"] for r in run.step_rows(stage)] == [1, 2, 3]
     assert [r["score_mean"] for r in run.step_rows(stage)] == [r["score_mean"] for r in run.step_rows("ppo_clean")]
@@ -246,13 +245,13 @@ def test_a_checkpoint_that_would_run_code_is_refused(finished_run, capsys):
     import torch
 
     from ppolab.errors import UserError
-    from ppolab.pipeline import stages
+    from ppolab.pipeline.stages import ppo as stages
 
     run, cfg, _ = finished_run
     ckpt = run / ".ppo_evil.checkpoint.pt"
     torch.save({"step": 1, "payload": _RunsCode()}, ckpt)
     with pytest.raises(UserError, match=r"\.ppo_evil\.checkpoint\.pt: not a loadable ppolab checkpoint"):
-        stages.stage_ppo(run, cfg, "ppo_evil", run / "sft", run / "reward_model_coldstart", run / "evil_out",
+        stages.run_ppo(run, cfg, "ppo_evil", run / "sft", run / "reward_model_coldstart", run / "evil_out",
                          _ppo(cfg, steps=2))
     assert "PWNED" not in capsys.readouterr().out
 
@@ -260,7 +259,8 @@ def test_a_checkpoint_that_would_run_code_is_refused(finished_run, capsys):
 def test_stale_temporaries_are_removed_when_a_stage_starts(tmp_path, monkeypatch):
     import ppolab.pipeline.stages as stages
 
-    monkeypatch.setattr(stages, "stage_sft", lambda *a, **k: {})
+    monkeypatch.setattr(stages, "STAGES", tuple(dataclasses.replace(s, run=lambda *a, **k: {}) if s.name == "sft"
+                                                else s for s in stages.STAGES))
     run = Run(tmp_path / "run", {"seed": 0})
     orphan = run / "..ppo_coldstart.checkpoint.pt.k2j4x9.tmp"
     orphan.write_bytes(b"\0" * 1000)
@@ -295,7 +295,7 @@ def test_a_broken_reward_model_folder_is_named(finished_run, tmp_path, damage):
     import shutil
 
     from ppolab.errors import UserError
-    from ppolab.pipeline import stages
+    from ppolab.pipeline.stages import ppo as stages
 
     run, cfg, _ = finished_run
     broken = tmp_path / "rm"
@@ -311,7 +311,7 @@ def test_a_broken_reward_model_folder_is_named(finished_run, tmp_path, damage):
         shutil.rmtree(broken)
         expected = f"{broken}: no such reward model folder"
     with pytest.raises(UserError, match=expected.replace(".", r"\.")):
-        stages.stage_ppo(run, cfg, "ppo_broken_rm", run / "sft", broken, tmp_path / "out", _ppo(cfg, steps=1))
+        stages.run_ppo(run, cfg, "ppo_broken_rm", run / "sft", broken, tmp_path / "out", _ppo(cfg, steps=1))
 
 
 def test_checkpoints_of_critic_free_stages_round_trip(tmp_path):
@@ -321,24 +321,29 @@ def test_checkpoints_of_critic_free_stages_round_trip(tmp_path):
     import torch
 
     from ppolab.errors import UserError
-    from ppolab.pipeline.stages import _load_checkpoint, _save_checkpoint
+    from ppolab.pipeline.stages.ppo import load_checkpoint, save_checkpoint
+    from ppolab.ppo import PPOTrainer
 
     def trainer(value: bool):
         policy = torch.nn.Linear(3, 2)
         critic = torch.nn.Linear(3, 1) if value else None
-        return types.SimpleNamespace(
+        t = types.SimpleNamespace(
             policy=policy, policy_optimizer=torch.optim.AdamW(policy.parameters()), value=critic,
             value_optimizer=torch.optim.AdamW(critic.parameters()) if value else None,
             kl_controller=types.SimpleNamespace(value=0.1), steps_done=0)
+        t.state_dict = types.MethodType(PPOTrainer.state_dict, t)  # the trainer's own state, as PPOTrainer has it
+        t.load_state_dict = types.MethodType(PPOTrainer.load_state_dict, t)
+        return t
 
     saved = trainer(value=False)
     saved.kl_controller.value = 0.07
-    _save_checkpoint(tmp_path / "c.pt", saved, 5, {"step": 5, "score_mean": 1.0})
+    save_checkpoint(tmp_path / "c.pt", saved, 5, {"step": 5, "score_mean": 1.0})
     restored = trainer(value=False)
-    assert _load_checkpoint(tmp_path / "c.pt", restored) == (5, {"step": 5, "score_mean": 1.0})
+    assert load_checkpoint(tmp_path / "c.pt", restored) == (5, {"step": 5, "score_mean": 1.0})
     assert torch.equal(restored.policy.weight, saved.policy.weight) and restored.kl_controller.value == 0.07
+    assert restored.steps_done == saved.steps_done
     with pytest.raises(UserError, match="without a value model"):
-        _load_checkpoint(tmp_path / "c.pt", trainer(value=True))
+        load_checkpoint(tmp_path / "c.pt", trainer(value=True))
 
 
 def _kill_once_at_step_2(monkeypatch, stage: str) -> None:
@@ -355,30 +360,30 @@ def _kill_once_at_step_2(monkeypatch, stage: str) -> None:
 
 
 def test_a_critic_free_stage_resumes_after_a_kill(finished_run, monkeypatch):
-    from ppolab.pipeline import stages
+    from ppolab.pipeline.stages import ppo as stages
 
     run, cfg, _ = finished_run
     section = _ppo(cfg, steps=3, advantage_estimator="grpo", group_size=2)
     _kill_once_at_step_2(monkeypatch, "ppo_grpo")
     args = (run, cfg, "ppo_grpo", run / "sft", run / "reward_model_coldstart", run / "ppo_grpo_out", section)
     with pytest.raises(KeyboardInterrupt):
-        stages.stage_ppo(*args)
-    assert stages.stage_ppo(*args)["steps"] == 3
+        stages.run_ppo(*args)
+    assert stages.run_ppo(*args)["steps"] == 3
     assert [r["step"] for r in run.step_rows("ppo_grpo")] == [1, 2, 3]
 
 
 def test_a_stage_on_model_plus_chrf_logs_both_parts_and_resumes_with_the_same_norm(finished_run, monkeypatch):
-    from ppolab.pipeline import stages
+    from ppolab.pipeline.stages import ppo as stages
 
     run, cfg, _ = finished_run
     section = _ppo(cfg, steps=3, reward="model+chrf", chrf_weight=0.25)
     _kill_once_at_step_2(monkeypatch, "ppo_mix")
     args = (run, cfg, "ppo_mix", run / "sft", run / "reward_model_coldstart", run / "ppo_mix_out", section)
     with pytest.raises(KeyboardInterrupt):
-        stages.stage_ppo(*args)
+        stages.run_ppo(*args)
     norm = json.loads((run / "ppo_mix_chrf_norm.json").read_text())
     assert norm["scale"] > 0
-    assert stages.stage_ppo(*args)["steps"] == 3
+    assert stages.run_ppo(*args)["steps"] == 3
     assert json.loads((run / "ppo_mix_chrf_norm.json").read_text()) == norm  # fitted once, reused on resume
     rows = run.step_rows("ppo_mix")
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -409,3 +414,25 @@ def test_real_model_targets_include_the_chrf_gain_and_the_two_hour_budget():
     assert met["whole preset <= 120 min on the 2-core machine"] is False
     tiny_run = {k: v for k, v in report.items() if k != "flores"}  # the cpu-test demo has no time goal
     assert "whole preset <= 120 min on the 2-core machine" not in {w for w, *_ in targets(tiny_run)}
+
+
+def test_later_stages_load_the_best_sft_checkpoint_and_the_report_says_so(finished_run):
+    from ppolab.pipeline.models import sft_dir
+
+    run, *_ = finished_run
+    assert run.stages["sft"]["checkpoint"] == "best" and sft_dir(run) == run / "sft" / "best"
+    assert "| SFT (best checkpoint, what later stages load)" in (run / "report.md").read_text()
+
+
+def test_sft_epochs_0_uses_the_given_model_as_the_sft_model(finished_run, tmp_path):
+    from ppolab.config import ConfigError
+    from ppolab.pipeline.models import sft_dir
+
+    with pytest.raises(ConfigError, match="sft.epochs = 0: skipping SFT needs an already fine-tuned model"):
+        resolve("fast", MICRO, {"sft": {"epochs": 0}})
+    run, *_ = finished_run
+    cfg = resolve("fast", MICRO, {"sft": {"epochs": 0}, "model": {"policy_path": str(run / "sft" / "final")}})
+    fresh = Run(tmp_path / "given", cfg)
+    run_pipeline(fresh, cfg, only=["sft"])
+    assert fresh.stages["sft"]["checkpoint"] == "given" and sft_dir(fresh) == fresh / "sft"
+    assert (fresh / "sft" / "final" / "config.json").is_file() and not (fresh / "sft" / "best").exists()

@@ -50,7 +50,7 @@ MICRO = merge(PIPELINE_MICRO, {"sft": {"train_limit": 40}, "generation": {"max_n
 VALUES = {
     "device": "cuda", "threads": 2,
     "data.valid_fraction": 0.2, "data.test_fraction": 0.2, "data.train": "mine.tsv", "data.valid": "mine_valid.tsv", "data.test": "mine_test.tsv", "data.pairs": "eng->arb",
-    "prompt.format": "fewshot",
+    "prompt.format": "fewshot", "sft.checkpoint": "final",
     "model.policy_path": "some/model", "model.reward_path": "some/reward", "model.arch": "gemma2",
     "model.hidden_size": 64, "model.n_heads": 4, "model.n_kv_heads": 2, "model.value_init": "shared",
     "model.dtype": "bfloat16", "model.vocab_trim": "arabic", "model.lora_target_modules": ["q_proj"],
@@ -199,8 +199,11 @@ class Spies:
             return real_build_tiny(ModelConfig(arch="llama", n_layers=1, hidden_size=32, n_heads=2,
                                                              n_kv_heads=1, intermediate_size=64), tok)
 
-        def train_sft(model, tok, train, valid=None, config=None, **kwargs):
+        def train_sft(model, tok, train, valid=None, config=None, out_dir=None, **kwargs):
             seen[SFTConfig].append(config)
+            if out_dir is not None:  # as train_sft does: a final and a best-validation checkpoint
+                for name in ("final", "best"):
+                    shutil.copytree(template / "sft", Path(out_dir) / name, dirs_exist_ok=True)
             seen["sft_train"].append(list(train))
             seen["prompt_format"].append(getattr(tok, "ppolab_prompt_format", None))
             return [{"epoch": 1, "train_loss": 1.0, "valid_chrf": 1.0}]
@@ -283,7 +286,7 @@ class Spies:
             seen[type(config)].append(config)
             raise Captured
 
-        import ppolab.pipeline.stages as stages_module
+        from ppolab.feedback import simulated
 
         for original, fake in ((real_load_sft, load_sft), (ppolab.sft.train_sft, train_sft),
                                (builders.wrap_lora, wrap_lora), (real_build_tiny, build_tiny),
@@ -295,7 +298,7 @@ class Spies:
                                (ppolab.reward.normalize_reward_model, normalize),
                                (ppolab.ppo.PPOTrainer, Trainer), (ppolab.sft.save_sft, save_sft),
                                (ppolab.feedback.FeedbackStore, Store), (ppolab.feedback.make_server, make_server),
-                               (stages_module.simulate_annotator, annotate), (real_translate, translate),
+                               (simulated.simulate_annotator, annotate), (real_translate, translate),
                                (ppolab.preference.train_dpo, train_preference),
                                (ppolab.preference.train_orpo, train_preference)):
             patch_everywhere(monkeypatch, original, fake)
@@ -316,6 +319,7 @@ def probe(monkeypatch, template, tmp_path, sets: list[str], command: str = "demo
     run_dir = tmp_path / "run"
     shutil.copytree(template, run_dir)
     spies = Spies(monkeypatch, template, run_ppo_steps=run_ppo_steps)
+    spies.seen["run_dir"].append(run_dir)
     argv = [command, "--preset", "fast", "--config", str(template / "micro.json")]
     argv += ["--run", str(run_dir)] if command != "demo" else ["--out", str(run_dir)]
     for item in sets:
@@ -350,6 +354,8 @@ OWN = {
     (None, "device"): lambda cfg, seen, v, e: isinstance(e, RuntimeError) and "device=cuda" in str(e),
     ("tokenizer", "vocab_size"): lambda cfg, seen, v, e: _last(seen, "vocab_size") == v,
     ("prompt", "format"): lambda cfg, seen, v, e: _last(seen, "prompt_format") == v,
+    ("sft", "checkpoint"): lambda cfg, seen, v, e: json.loads(
+        (_last(seen, "run_dir") / "stages.json").read_text())["sft"]["checkpoint"] == v,
     ("sft", "train_limit"): lambda cfg, seen, v, e: len(_last(seen, "sft_train")) == v,
     ("data", "pairs"): lambda cfg, seen, v, e: {ex.direction for ex in _last(seen, "sft_train")} == {v},
     ("eval", "test_limit"): lambda cfg, seen, v, e: seen["evaluate"][0]["n"] == v,
@@ -455,7 +461,8 @@ def test_dpo_and_orpo_load_the_policy_with_the_model_section(command, template, 
     ({"eval": {"test_limit": 2.5}}, "setting eval.test_limit = 2.5: expected an integer or null"),
     ({"model": {"lora_target_modules": ["q", 3]}}, "setting model.lora_target_modules[1] = 3: expected a string"),
     ({"generation": {"top_p": 0}}, "setting generation.top_p = 0.0: expected in (0, 1]"),
-    ({"sft": {"epochs": 0}}, "setting sft.epochs = 0: expected an int >= 1"),
+    ({"sft": {"epochs": -1}}, "setting sft.epochs = -1: expected an int >= 1"),
+    ({"sft": {"epochs": 0}}, "setting sft.epochs = 0: skipping SFT needs an already fine-tuned model"),
     ({"dpo": {"label_smoothing": 0.7}}, "setting dpo.label_smoothing = 0.7: expected in [0, 0.5)"),
     ({"ppo": {"minibatch_size": 32}}, "setting ppo.batch_size = 16: 16 is not divisible by minibatch_size 32"),
     ({"ppo": {"minibatch_size": 3}, "ppo_final": {"batch_size": 9}},

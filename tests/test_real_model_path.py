@@ -4,6 +4,8 @@ Each test fails on the code before the fixes (515bcca). APIs added by the fixes 
 inside the tests so the file still collects there.
 """
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -205,19 +207,20 @@ def test_7b_build_value_model_follows_value_init(value_init):
 
 
 def test_7c_load_policy_honours_the_run_dtype(tmp_path):
-    """#7: the pipeline's _load_policy(path, cfg) loads with cfg["model"]["dtype"]."""
-    from ppolab.pipeline import resolve, stages
+    """#7: the pipeline's load_policy(path, cfg) loads with the run's model.dtype."""
+    from ppolab.pipeline import models as stages
+    from ppolab.pipeline import resolve
 
     _save_tiny(tmp_path, tiny_tokenizer())
     cfg = resolve("cpu-test", {"model": {"dtype": "bfloat16"}})
-    model, _ = stages._load_policy(tmp_path, cfg)
+    model, _ = stages.load_policy(tmp_path, cfg)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 def test_7d_ppo_stage_builds_its_models_from_the_run_model_config(tmp_path, monkeypatch):
-    """#7: stage_ppo loads policy and reward in the run's dtype and builds the value from value_init."""
-    import ppolab.ppo
-    from ppolab.pipeline import resolve, stages
+    """#7: the PPO stage loads policy and reward in the run's dtype and builds the value from value_init."""
+    from ppolab.pipeline import resolve
+    from ppolab.pipeline.stages import ppo as stages
 
     tok = tiny_tokenizer()
     _save_tiny(tmp_path / "policy", tok)
@@ -233,9 +236,9 @@ def test_7d_ppo_stage_builds_its_models_from_the_run_model_config(tmp_path, monk
         built.update(policy=policy, value=value, reward=reward)
         raise Captured
 
-    monkeypatch.setattr(ppolab.ppo, "PPOTrainer", capture)
+    monkeypatch.setattr(stages, "PPOTrainer", capture)
     with pytest.raises(Captured):
-        stages.stage_ppo(tmp_path, cfg, "ppo", tmp_path / "policy", tmp_path / "rm", tmp_path / "out", cfg.ppo)
+        stages.run_ppo(tmp_path, cfg, "ppo", tmp_path / "policy", tmp_path / "rm", tmp_path / "out", cfg.ppo)
     assert {p.dtype for p in built["policy"].parameters()} == {torch.bfloat16}
     assert {p.dtype for p in built["reward"].backbone.parameters()} == {torch.bfloat16}
     value = built["value"]

@@ -120,21 +120,31 @@ class PromptConfig:
         return self
 
 
+SFT_CHECKPOINTS = ("best", "final")
+
+
 @dataclass
 class SFTStageKeys:
     train_limit: int | None = None  # a seeded subset of the train split (both directions); None = all
+    # What later stages load: "best" (the epoch of best validation chrF, `sft/best/`, when the
+    # valid split gave one) or "final" (the last epoch). The report's SFT row says which.
+    checkpoint: str = "best"
 
     def validate(self) -> "SFTStageKeys":
         _at_least("SFTStage", self, ("train_limit",), 1, optional=True)
+        _check(self.checkpoint in SFT_CHECKPOINTS, "SFTStage", "checkpoint",
+               f"must be one of {' or '.join(map(repr, SFT_CHECKPOINTS))}")
         return self
 
 
 @dataclass
 class SFTStage(SFTStageKeys, SFTConfig):
-    """SFTConfig + the stage's own keys."""
+    """SFTConfig + the stage's own keys. `epochs=0` (with `model.policy_path`): no training, the
+    given model is the SFT model (already fine-tuned)."""
 
     def validate(self) -> "SFTStage":
-        SFTConfig.validate(self)
+        # epochs 0 is the stage's own "skip training"; every other SFTConfig check still applies
+        SFTConfig.validate(dataclasses.replace(self, epochs=1) if self.epochs == 0 else self)
         return SFTStageKeys.validate(self)
 
 
@@ -333,6 +343,8 @@ def section_part(obj: Any, cls: type[T], **overrides: Any) -> T:
 
 
 def _check_top(cfg: PipelineConfig) -> None:
+    if cfg.sft.epochs == 0 and not cfg.model.policy_path:
+        raise ConfigError("setting sft.epochs = 0: skipping SFT needs an already fine-tuned model in model.policy_path")
     for name, ok, expected in (("seed", _is_int(cfg.seed) and cfg.seed >= 0, "a value >= 0"),
                                ("threads", _is_int(cfg.threads) and cfg.threads >= 1, "a value >= 1"),
                                ("device", cfg.device in ("cpu", "cuda"), "'cpu' or 'cuda'")):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..io import atomic_open, write_json
 from .run import Run
+from .stages import STAGES
 
 
 def _ppo_block(r: dict) -> dict:
@@ -10,7 +11,7 @@ def _ppo_block(r: dict) -> dict:
     return {k: float(r[k]) for k in keys}
 
 
-EVAL_ROWS = ("base", "sft", "ppo_coldstart", "ppo_final")
+EVAL_ROWS = tuple(s.name for s in STAGES if s.eval_row)  # the model rows, from the stage registry
 
 
 def flores_block(stages: dict) -> dict | None:
@@ -90,7 +91,7 @@ def flores_table(report: dict) -> list[str]:
 
 
 def plot(run: Run) -> list[str]:
-    import matplotlib
+    import matplotlib  # heavy (~1 s), and only the report's plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,7 +154,8 @@ def write_report(run: Run) -> dict:
         "and last 10% of PPO steps. KL is k1 between the policy and the stage's reference: the policy the stage "
         "started from (the SFT model for the cold start, the cold-start policy for the final stage).", "",
         "| stage | figures |", "|---|---|",
-        f"| SFT | test chrF {report['sft']['chrf_test']:.2f}, BLEU {report['sft']['bleu_test']:.2f} |",
+        f"| SFT ({s['sft'].get('checkpoint', 'final')} checkpoint, what later stages load) | test chrF "
+        f"{report['sft']['chrf_test']:.2f}, BLEU {report['sft']['bleu_test']:.2f} |",
         f"| synthetic preferences | {report['synthetic']['pairs']} pairs |",
         f"| reward model (cold start) | val accuracy {report['reward_model']['val_accuracy']:.3f} |",
     ]

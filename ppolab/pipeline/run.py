@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -13,9 +14,6 @@ from pathlib import Path
 from ..io import write_json
 from .config import config_to_dict
 
-STAGES = ("sft", "synth", "reward_model", "ppo_coldstart", "feedback", "reward_model_human", "ppo_final")
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -26,8 +24,6 @@ def _git_commit() -> str | None:
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in ("ppolab", "torch", "transformers", "peft", "sacrebleu", "tokenizers"):
         try:
@@ -137,7 +133,7 @@ class Run:
     def _writer(self):
         if self._tb is None:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard may be absent
 
                 self._tb = SummaryWriter(str(self.path / "tensorboard"))
             except Exception:  # tensorboard missing or broken: JSONL still has everything
