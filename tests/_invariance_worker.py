@@ -65,8 +65,8 @@ def make_trainer(case: str, tokenizer, micro_batch_size: int = 0) -> PPOTrainer:
     hide a loss that is right up to a constant factor (a micro-batch weighted twice, say).
     """
     variant = VARIANTS[case.split(":")[0]] if ":" in case else {"lora": False, "value": "separate"}
-    config = PPOConfig(**CASES[case], micro_batch_size=micro_batch_size,
-                       **({"max_grad_norm": variant["max_grad_norm"]} if "max_grad_norm" in variant else {}))
+    config = PPOConfig(**{**CASES[case], **{k: v for k, v in variant.items() if k == "max_grad_norm"}},
+                       micro_batch_size=micro_batch_size)
     cfg = ModelConfig(arch="llama", hidden_size=32, n_heads=4, n_kv_heads=2, intermediate_size=64, seed=0,
                       lora=variant["lora"])
     policy = build_policy(cfg, tokenizer)

@@ -157,3 +157,18 @@ def test_batch_sizes_must_divide_by_the_world_size():
         dist.check_batch_sizes(12, 6, 0, 4)
     with pytest.raises(ValueError, match=r"micro_batch_size=4 \(per rank\) .* 4 / 2 = 2"):
         dist.check_batch_sizes(8, 4, 4, 2)
+
+
+def test_placement_settings_are_checked_and_one_process_never_shards():
+    assert dist.resolve_sharding(None) == "none" and dist.resolve_sharding("fsdp") == "none"
+    with pytest.raises(ValueError, match="ModelConfig.sharding: must be null, 'none' or 'fsdp', got 'ddp'"):
+        dist.configure(sharding="ddp")
+    with pytest.raises(ValueError, match="ModelConfig.mixed_precision: must be null or 'bf16'"):
+        dist.configure(mixed_precision="fp8")
+    from ppolab.config import ConfigError, ModelConfig
+    with pytest.raises(ConfigError, match="ModelConfig.sharding"):
+        ModelConfig(sharding="zero3").validate()
+    policy = w.make_trainer(w.CONFIGS["A"], tiny_tokenizer()).policy
+    assert not dist.is_sharded(policy)
+    with dist.gathered(policy):  # nothing sharded: a no-op
+        pass
