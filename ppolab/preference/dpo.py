@@ -24,13 +24,13 @@ import torch
 
 from .logprobs import check_pairs
 from .loop import (
-    check_loop_config,
+    PairLoopConfig,
     eval_mode,
     is_peft_model_instance,
     model_device,
     pair_batches,
     pair_logps,
-    split_pairs,
+    checked_splits,
     train_policy_on_pairs,
 )
 from .losses import DPO_LOSS_TYPES, dpo_loss
@@ -39,30 +39,18 @@ __all__ = ["DPOConfig", "reference_logps", "train_dpo"]
 
 
 @dataclass
-class DPOConfig:
-    """Hyper-parameters of :func:`train_dpo`.
+class DPOConfig(PairLoopConfig):
+    """Hyper-parameters of :func:`train_dpo` (the loop's, :class:`~ppolab.preference.loop.PairLoopConfig`, and):
 
     ``beta``: KL strength (0.1 is the paper's default). ``label_smoothing``: cDPO flip
-    probability in ``[0, 0.5)``. ``loss_type``: ``"sigmoid"`` (DPO) or ``"ipo"``. ``lr``: AdamW
-    learning rate (5e-6 suits full fine-tuning; LoRA usually wants ~10x more). ``grad_clip``:
-    max global grad norm, ``None`` disables clipping. ``max_length``: per-row token budget
-    (prompt + response), see :func:`~ppolab.preference.logprobs.tokenize_pairs`.
-    ``valid_fraction``: share of the prompts held out for validation when ``train_dpo`` gets no
-    ``valid_pairs`` (0: none). ``save_best``: keep the lowest-validation-loss epoch in ``out_dir/best``.
+    probability in ``[0, 0.5)``. ``loss_type``: ``"sigmoid"`` (DPO) or ``"ipo"``. ``lr``: 5e-6
+    suits full fine-tuning; LoRA usually wants ~10x more.
     """
 
     beta: float = 0.1
     label_smoothing: float = 0.0
     loss_type: str = "sigmoid"
     lr: float = 5e-6
-    epochs: int = 1
-    batch_size: int = 4
-    max_length: int = 512
-    seed: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    valid_fraction: float = 0.0
-    save_best: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
@@ -73,7 +61,7 @@ class DPOConfig:
             raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {self.loss_type!r}")
         if self.loss_type == "ipo" and self.label_smoothing != 0.0:
             raise ValueError("label_smoothing must be 0 with loss_type='ipo'")
-        check_loop_config(self)
+        super().__post_init__()
 
 
 # --------------------------------------------------------------------------- DPO
@@ -145,11 +133,7 @@ def train_dpo(
     """
     if not isinstance(config, DPOConfig):
         raise TypeError(f"config must be a DPOConfig, got {type(config).__name__}")
-    pairs = check_pairs(pairs)
-    if valid_pairs is None:
-        pairs, valid_pairs = split_pairs(pairs, config.valid_fraction, config.seed)
-    elif valid_pairs:
-        valid_pairs = check_pairs(valid_pairs)
+    pairs, valid_pairs = checked_splits(pairs, valid_pairs, config)
     device = model_device(policy)
 
     # Before any update: this is what makes "policy without a ref_model" a valid reference.

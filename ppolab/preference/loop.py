@@ -33,12 +33,37 @@ from ..models.checkpoint import save_model_checkpoint
 from .logprobs import check_pairs, sequence_logprobs, tokenize_pairs
 
 __all__ = [
-    "backward_and_step", "check_loop_config", "eval_mode", "is_peft_model_instance", "model_device",
+    "PairLoopConfig", "backward_and_step", "check_loop_config", "checked_splits", "eval_mode", "is_peft_model_instance", "model_device",
     "pair_batches", "pair_logps", "split_pairs", "train_mode_without_dropout", "train_on_pairs",
     "train_policy_on_pairs", "trainable_params",
 ]
 
 StepLoss = Callable[[torch.Tensor, list], "tuple[torch.Tensor, dict]"]
+
+
+@dataclasses.dataclass
+class PairLoopConfig:
+    """The loop settings DPOConfig and ORPOConfig share (each sets its own ``lr`` default).
+
+    ``lr``: AdamW learning rate. ``grad_clip``: max global grad norm, ``None`` disables clipping.
+    ``max_length``: per-row token budget (prompt + response), see
+    :func:`~ppolab.preference.logprobs.tokenize_pairs`. ``valid_fraction``: share of the prompts
+    held out for validation when the trainer gets no ``valid_pairs`` (0: none). ``save_best``: keep
+    the lowest-validation-loss epoch in ``out_dir/best``.
+    """
+
+    lr: float = 5e-6
+    epochs: int = 1
+    batch_size: int = 4
+    max_length: int = 512
+    seed: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    valid_fraction: float = 0.0
+    save_best: bool = True
+
+    def __post_init__(self) -> None:
+        check_loop_config(self)
 
 
 def check_loop_config(cfg) -> None:
@@ -173,6 +198,14 @@ def split_pairs(pairs: Sequence[Mapping], valid_fraction: float, seed: int) -> t
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
     held = {prompts[i] for i in order[:n_valid]}
     return [p for p in pairs if p["prompt"] not in held], [p for p in pairs if p["prompt"] in held]
+
+
+def checked_splits(pairs, valid_pairs, config) -> tuple[list, list]:
+    """``(train, valid)`` checked: ``valid_pairs`` if given, else ``config.valid_fraction`` of the prompts."""
+    pairs = check_pairs(pairs)
+    if valid_pairs is None:
+        return split_pairs(pairs, config.valid_fraction, config.seed)
+    return pairs, check_pairs(valid_pairs) if valid_pairs else []
 
 
 # --------------------------------------------------------------------------- the loop

@@ -21,38 +21,27 @@ from dataclasses import dataclass
 
 import torch
 
-from .logprobs import check_pairs
-from .loop import check_loop_config, model_device, pair_logps, split_pairs, train_policy_on_pairs
+from .loop import PairLoopConfig, checked_splits, model_device, pair_logps, train_policy_on_pairs
 from .losses import log_odds, orpo_odds_ratio_loss
 
 __all__ = ["ORPOConfig", "train_orpo"]
 
 
 @dataclass
-class ORPOConfig:
-    """Hyper-parameters of :func:`train_orpo`.
+class ORPOConfig(PairLoopConfig):
+    """Hyper-parameters of :func:`train_orpo` (the loop's, :class:`~ppolab.preference.loop.PairLoopConfig`, and):
 
-    ``beta``: weight of the odds-ratio term (the paper's lambda, 0.1). ``lr``: AdamW learning
-    rate (8e-6 as in the paper for full fine-tuning). ``weight_decay`` and ``grad_clip``
-    (``None`` disables), ``valid_fraction`` and ``save_best`` mirror
-    :class:`~ppolab.preference.dpo.DPOConfig`.
+    ``beta``: weight of the odds-ratio term (the paper's lambda, 0.1). ``lr``: 8e-6 as in the paper
+    for full fine-tuning.
     """
 
     beta: float = 0.1
     lr: float = 8e-6
-    epochs: int = 1
-    batch_size: int = 4
-    max_length: int = 512
-    seed: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    valid_fraction: float = 0.0
-    save_best: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
-        check_loop_config(self)
+        super().__post_init__()
 
 
 def train_orpo(
@@ -85,11 +74,7 @@ def train_orpo(
     """
     if not isinstance(config, ORPOConfig):
         raise TypeError(f"config must be an ORPOConfig, got {type(config).__name__}")
-    pairs = check_pairs(pairs)
-    if valid_pairs is None:
-        pairs, valid_pairs = split_pairs(pairs, config.valid_fraction, config.seed)
-    elif valid_pairs:
-        valid_pairs = check_pairs(valid_pairs)
+    pairs, valid_pairs = checked_splits(pairs, valid_pairs, config)
     device = model_device(policy)
 
     def losses_of(batch):

@@ -3,32 +3,5 @@
 See :mod:`ppolab.reward.trainer` for the design decisions (text convention shared with
 ``RewardModel.score``, raw scores in the loss, unfreezing schedule).
 """
-from ppolab.reward.trainer import (
-    UNFREEZE_SCHEDULES,
-    RewardTrainConfig,
-    apply_unfreeze_schedule,
-    build_reward_model,
-    check_reward_pairs,
-    continue_training,
-    decoder_layers,
-    evaluate_reward_model,
-    normalize_reward_model,
-    tokenize_pairs_for_rm,
-    train_reward_model,
-    unfrozen_layer_count,
-)
-
-__all__ = [
-    "RewardTrainConfig",
-    "UNFREEZE_SCHEDULES",
-    "apply_unfreeze_schedule",
-    "build_reward_model",
-    "check_reward_pairs",
-    "continue_training",
-    "decoder_layers",
-    "evaluate_reward_model",
-    "normalize_reward_model",
-    "tokenize_pairs_for_rm",
-    "train_reward_model",
-    "unfrozen_layer_count",
-]
+from ppolab.reward.trainer import *  # noqa: F401,F403 (the public names, listed once in trainer.__all__)
+from ppolab.reward.trainer import __all__  # noqa: F401

@@ -441,24 +441,18 @@ def train_reward_model(
     return history
 
 
-def continue_training(
-    path: str | Path,
-    pairs,
-    valid_pairs=None,
-    config: RewardTrainConfig | None = None,
-    out_dir: str | Path | None = None,
-    log: Callable[[dict], None] | None = None,
-    progress: bool = True,
-) -> tuple[RewardModel, list[dict]]:
+def continue_training(path: str | Path, pairs, valid_pairs=None, config: RewardTrainConfig | None = None,
+                      **train_kwargs) -> tuple[RewardModel, list[dict]]:
     """Load a saved reward model (e.g. the cold-start one) and fine-tune it on new pairs.
 
+    ``train_kwargs`` (``out_dir``, ``log``, ``progress``) go to :func:`train_reward_model`.
     Returns ``(model, history)``. ``out_dir=None`` saves nothing (pass ``path`` to overwrite the
     checkpoint in place; the save is atomic). The checkpoint must include its tokenizer.
     """
     model = RewardModel.load(path)
     if model.tokenizer is None:
         raise ValueError(f"{path}: the checkpoint has no tokenizer; save the reward model with one")
-    history = train_reward_model(model, pairs, valid_pairs, config, out_dir, log, progress)
+    history = train_reward_model(model, pairs, valid_pairs, config, **train_kwargs)
     return model, history
 
 
