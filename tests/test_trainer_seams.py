@@ -110,7 +110,7 @@ def test_recorder_and_value_models_satisfy_the_protocols(tmp_path):
 def test_experience_select_and_the_rollouts_sampler_logprobs():
     t = make_trainer()
     rollout = t.rollout(PROMPTS * 2)
-    assert rollout.sampler_logprobs is None  # until the sampler fills it
+    assert rollout.sampler_logprobs is not None and rollout.sampler_logprobs.shape == rollout.mask.shape
     rollout.sampler_logprobs = rollout.logprobs + 0.5
     exp = t.make_experience(rollout)
     assert torch.equal(exp.sampler_logprobs, rollout.sampler_logprobs) and len(exp) == 8

@@ -10,6 +10,7 @@ from ..models.builders import Reference, base_trunk, is_peft, position_ids_from_
 from ..models.merged import merged_copy, refresh_merged
 from .logprobs import fuses_with, logprob_head, logprobs_and_values, response_logprobs
 from .rollout import Rollout
+from .sampling import sample_next_token
 from ..timing import timed  # (ppolab.token_attribution.generator.timed stays importable)
 
 
@@ -25,21 +26,6 @@ def response_mask(response_ids: torch.Tensor, eos_token_id) -> tuple[torch.Tenso
     # Tokens strictly after the first EOS: the running count of EOS seen before this position is > 0.
     eos_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     return (~eos_before).long(), is_eos.any(-1)
-
-
-def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """`[B]` tokens drawn from `[B, V]` logits at `temperature`, optionally truncated by top-k / top-p."""
-    logits = logits.float() / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        # Drop a token when the tokens ranked above it already hold top_p of the mass (keep the first).
-        drop = probs.cumsum(-1) - probs > top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
 
 
 def _lm_head_dtype(model: nn.Module) -> torch.dtype:

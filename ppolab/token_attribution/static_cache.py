@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.builders import base_trunk, is_peft, position_ids_from_mask
-from .generator import sample_next_token
+from .sampling import sample_next_token
 
 # Model types whose decoder forward takes a ready {layer type: 4D mask} dict (hybrid sliding/full
 # layers), and those that take one 4D mask; for the latter, whether `config.sliding_window` applies
