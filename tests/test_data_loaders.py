@@ -485,7 +485,7 @@ def test_plain_templates():
     assert build_prompt(f"  {FR1}\n", "fra", "arb") == f"Translate French to Arabic:\n{FR1}\nArabic:"
     assert build_prompt(EN1, "eng", "arb", tokenizer=FakePlainTokenizer()) == build_prompt(EN1, "eng", "arb")
     assert set(PROMPT_TEMPLATES) == {("eng", "arb"), ("fra", "arb")}
-    assert LANG_NAMES == {"eng": "English", "fra": "French", "arb": "Arabic"}
+    assert {k: LANG_NAMES[k] for k in ("eng", "fra", "arb")} == {"eng": "English", "fra": "French", "arb": "Arabic"}
 
 
 def test_template_keeps_braces_in_source():
@@ -513,8 +513,10 @@ def test_chat_template_with_real_tokenizer_class():
 
 
 def test_build_prompt_errors():
-    with pytest.raises(ValueError, match="eng->arb, fra->arb"):
-        build_prompt(EN1, "arb", "eng")
+    with pytest.raises(ValueError, match="unknown language code 'xyz'"):
+        build_prompt(EN1, "xyz", "eng")
+    with pytest.raises(ValueError, match="two languages"):
+        build_prompt(EN1, "eng", "eng")
     with pytest.raises(ValueError, match="non-empty"):
         build_prompt("  ", "eng", "arb")
 

@@ -1,4 +1,4 @@
-"""Data for the translation showcase: parallel-corpus loaders and prompt templates."""
+"""Data for the translation task: parallel-corpus loaders, the user's own splits, prompt templates."""
 from ppolab.data.loaders import (
     SHIPPED_SPLITS,
     CorpusError,
@@ -11,12 +11,15 @@ from ppolab.data.loaders import (
 )
 from ppolab.data.templates import (
     CHAT_INSTRUCTIONS, FEWSHOT_EXAMPLES, LANG_NAMES, PROMPT_FORMATS, PROMPT_TEMPLATES, bos_prefix, build_prompt,
-    prompt_format, stops_at_newline,
+    chat_instruction, fewshot_from_examples, language_name, parse_pairs, plain_template, prompt_format,
+    stops_at_newline,
 )
+from ppolab.data.user import check_context, held_out, load_pairs, load_user_splits
 
 __all__ = [
     "FEWSHOT_EXAMPLES", "PROMPT_FORMATS", "bos_prefix", "prompt_format", "stops_at_newline",
-    "CHAT_INSTRUCTIONS",
+    "CHAT_INSTRUCTIONS", "chat_instruction", "plain_template", "language_name", "parse_pairs",
+    "fewshot_from_examples", "check_context", "held_out", "load_pairs", "load_user_splits",
     "CorpusError",
     "LANG_NAMES",
     "LoadResult",

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..errors import UserError
+
 __all__ = [
     "CorpusError",
     "LoadResult",
@@ -63,6 +65,8 @@ _LANG_ALIASES: dict[str, tuple[str, ...]] = {
 _SOURCE_ALIASES = ("source", "src")
 _TARGET_ALIASES = ("target", "tgt")
 _ID_ALIASES = ("id", "sent_id", "sentence_id")
+# A per-row language pair ("eng->arb") beside generic source/target columns: one file, many pairs.
+_DIRECTION_ALIASES = ("direction", "pair", "lang_pair", "language_pair")
 
 # Headerless files are read as if they had this header.
 _HEADERLESS_COLUMNS = ("source", "target")
@@ -111,8 +115,8 @@ class TranslationExample:
         return f"{self.src_lang}->{self.tgt_lang}"
 
 
-class CorpusError(ValueError):
-    """A corpus file is unreadable or contains a bad row.
+class CorpusError(UserError, ValueError):
+    """A corpus file is unreadable or contains a bad row (a `UserError`: the CLI prints one line).
 
     Attributes: ``path``; ``line`` (1-based line, or row for datasets-backed
     formats; None for whole-file problems); ``field`` (the column concerned,
@@ -421,7 +425,7 @@ def _looks_like_header(names: list[str]) -> bool:
     """A first line is a header if at least two of its fields are known column
     names: one alone could be a sentence ("English"), two together hardly."""
     known = {a for aliases in _LANG_ALIASES.values() for a in aliases}
-    known.update(_SOURCE_ALIASES, _TARGET_ALIASES, _ID_ALIASES, ["domain"])
+    known.update(_SOURCE_ALIASES, _TARGET_ALIASES, _ID_ALIASES, _DIRECTION_ALIASES, ["domain"])
     return sum(name.lower() in known for name in names) >= 2
 
 
@@ -532,6 +536,7 @@ class _Plan:
     tgt_lang: str
     tgt_col: str
     id_col: str | None
+    direction_col: str | None = None  # set: each row names its pair; sources' code and tgt_lang are unused
 
 
 def _plan_columns(
@@ -556,6 +561,15 @@ def _plan_columns(
     for key, column in explicit.items():
         if column not in table.columns:
             raise fail(f"missing column {column!r} (given as columns[{key!r}])", column)
+
+    direction_col = find(_DIRECTION_ALIASES, "direction") if src is None and not explicit else None
+    if direction_col is not None:
+        src_col, tgt_col = find(_SOURCE_ALIASES, "source"), find(_TARGET_ALIASES, "target")
+        if src_col is None or tgt_col is None:
+            missing = "source" if src_col is None else "target"
+            raise fail(f"missing column {missing!r} (a file with a {direction_col!r} column names its texts "
+                       "'source' and 'target')", missing)
+        return _Plan((("", src_col),), "", tgt_col, find(_ID_ALIASES, "id"), direction_col)
 
     def column_for(lang: str, generic: tuple[str, ...]) -> str | None:
         if lang in explicit:
@@ -673,8 +687,16 @@ def _examples_from_record(record: _Record, plan: _Plan, path: Path, unit: str) -
     # Validate every field before building anything, so a row is all-or-nothing.
     target = text(plan.tgt_col)
     sources = [(lang, text(column)) for lang, column in plan.sources]
+    tgt_lang = plan.tgt_lang
+    if plan.direction_col is not None:
+        pair = text(plan.direction_col)
+        src_lang, sep, tgt_lang = (part.strip() for part in pair.partition("->"))
+        if not sep or not src_lang or not tgt_lang:
+            raise bad(f"field {plan.direction_col!r} is {pair!r}: expected SOURCE->TARGET, e.g. eng->arb",
+                      plan.direction_col)
+        sources = [(src_lang, sources[0][1])]
     origin = f"{path}:{record.number}"
     return [
-        TranslationExample(source, target, lang, plan.tgt_lang, row_id, origin)
+        TranslationExample(source, target, lang, tgt_lang, row_id, origin)
         for lang, source in sources
     ]

@@ -57,8 +57,24 @@ def save_prompt_format(tokenizer, folder) -> None:
     from pathlib import Path
 
     fmt = getattr(tokenizer, "ppolab_prompt_format", None)
-    if fmt:
-        (Path(folder) / PROMPT_FORMAT_FILE).write_text(json.dumps({"format": fmt}), encoding="utf-8")
+    shots = getattr(tokenizer, "ppolab_fewshot", None)  # few-shot rows drawn from a user's train split
+    if fmt or shots:
+        body = {"format": fmt or "plain", **({"fewshot": shots} if shots else {})}
+        (Path(folder) / PROMPT_FORMAT_FILE).write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+
+
+def read_prompt_fewshot(folder) -> dict | None:
+    """The few-shot examples saved beside a tokenizer (`{"src->tgt": [[source, target], ...]}`), or None."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / PROMPT_FORMAT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("fewshot")
+    except (ValueError, AttributeError):
+        return None  # read_prompt_format reports a malformed file
 
 
 def read_prompt_format(folder) -> str | None:
