@@ -183,6 +183,8 @@ def cmd_evaluate(args) -> int:
 def cmd_feedback(args) -> int:
     from .feedback import FeedbackStore
 
+    if args.action in HUMAN_ACTIONS:
+        return cmd_human_feedback(args)
     run = Path(args.run)
     if not run.is_dir():
         # FeedbackStore would create the folder and an empty store: a typo must not look like "no items".
@@ -191,15 +193,6 @@ def cmd_feedback(args) -> int:
     if args.action == "export":
         path = FeedbackStore(store_path).export_jsonl(run)
         print(f"wrote {path}")
-    elif args.action == "serve":
-        from .feedback import serve
-
-        store = FeedbackStore(store_path)
-        try:
-            serve(store, host=args.host, port=args.port, allowed_hosts=args.allow_host or ())
-        except OSError as e:
-            reason = "port already in use; pick another with --port" if e.errno == errno.EADDRINUSE else e.strerror
-            raise UserError(f"cannot listen on {args.host} port {args.port}: {reason}") from None
     elif args.action == "cli":
         from .feedback import run_terminal
 
@@ -209,7 +202,8 @@ def cmd_feedback(args) -> int:
         from .feedback import load_ratings, pairs_from_ratings
         from .io import write_jsonl
 
-        pairs = pairs_from_ratings(load_ratings(args.file), min_difference=args.min_difference)
+        pairs = pairs_from_ratings(load_ratings(args.file), min_difference=args.min_difference,
+                                   default_direction=args.direction)
         out = run / "rating_preferences.jsonl"
         write_jsonl(out, pairs)
         print(f"wrote {len(pairs)} pairs to {out}")
@@ -303,20 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("feedback", help="human feedback: serve the web page, terminal mode, export, import")
     fsub = p.add_subparsers(dest="action", required=True)
-    for action in ("serve", "cli", "export", "import"):
+    for action in ("cli", "export", "import"):
         q = fsub.add_parser(action)
         q.add_argument("--run", required=True)
-        if action == "serve":
-            q.add_argument("--host", default="127.0.0.1")
-            q.add_argument("--port", type=int, default=8000)
-            q.add_argument("--allow-host", action="append", metavar="NAME",
-                           help="another name browsers use for this server (the Host header), e.g. the "
-                                "machine's name with --host 0.0.0.0; others get 421 (DNS rebinding)")
         if action == "cli":
             q.add_argument("--annotator")
         if action == "import":
             q.add_argument("file", help="ratings JSON: [{source, direction, responses: [{text, rating}]}]")
             q.add_argument("--min-difference", type=float, default=1.0)
+            q.add_argument("--direction", help="the pair of records that name none, e.g. eng->arb")
+    _add_human_commands(sub, fsub)
     p.set_defaults(fn=cmd_feedback)
 
     p = sub.add_parser("inspect", help="the rollout inspector: PPO token by token (web page, or --html FILE)")
@@ -326,6 +316,136 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8001)
     p.set_defaults(fn=cmd_inspect)
     return ap
+
+
+# -- real people in the loop (issue 18; kept together to keep merges easy) ----------------------------
+HUMAN_ACTIONS = ("add", "serve", "annotate")
+
+
+def _run_dir(path: str) -> Path:
+    run = Path(path)
+    if not run.is_dir():
+        # FeedbackStore would create the folder and an empty store: a typo must not look like "no items".
+        raise UserError(f"{run}: no such run directory" if not run.exists() else f"{run}: not a directory")
+    return run
+
+
+def _run_pairs(cfg: dict) -> list[str]:
+    from .data import parse_pairs
+
+    pairs = (cfg.get("data") or {}).get("pairs") or "eng->arb,fra->arb"
+    return [f"{s}->{t}" for s, t in parse_pairs(pairs)]
+
+
+def cmd_human_feedback(args) -> int:
+    """`feedback add` queues sources; `serve` and `annotate` show candidates of the run's newest
+    policy (ranked by its newest reward model) for queued and typed sentences."""
+    from .feedback import FeedbackStore
+    from .pipeline.human import RunCandidates, run_config
+
+    run_path = _run_dir(args.run)
+    cfg = run_config(run_path, args.preset, args.set or [])
+    directions = _run_pairs(cfg)
+    store = FeedbackStore(run_path / "feedback.sqlite", shown=cfg["feedback"]["shown"])
+    if args.action == "add":
+        direction = args.direction or directions[0]
+        if direction not in directions:
+            raise UserError(f"--direction {direction}: this run's pairs are {', '.join(directions)}")
+        if args.text is not None:
+            texts, where = [args.text], "--text"
+        else:
+            texts, where = read_utf8(Path(args.file), "--file").splitlines(), args.file
+        texts = [t.strip() for t in texts if t.strip()]
+        if not texts:
+            raise UserError(f"{where}: no sentence to queue (one sentence a line)")
+        store.queue_sources([(t, direction) for t in texts])
+        print(f"queued {len(texts)} source(s) ({direction}); {store.queued()} waiting. Annotate them with "
+              f"`ppolab feedback serve --run {run_path}` or `ppolab feedback annotate --run {run_path}`")
+        return 0
+    model = {}
+    try:
+        if not (run_path / "run.json").exists():
+            raise LookupError  # a folder holding a store only: its stored items, no model
+        source = RunCandidates(run_path, cfg)
+        print(f"candidates: {cfg['feedback']['candidates']} samples of {source.models['policy']}, ranked by "
+              f"{source.models['reward']}; {store.queued()} queued source(s)")
+        model = {"candidate_source": source, "model_version": source.model_version, "directions": directions}
+    except LookupError:
+        pass
+    except UserError as e:  # a run with no trained policy yet: the stored items only
+        print(f"note: {e}; showing the stored items only", file=sys.stderr)
+    if args.action == "annotate":
+        from .feedback import run_terminal
+        from .feedback.items import ItemMaker
+
+        items = ItemMaker(store, model.get("candidate_source"), model.get("model_version", ""),
+                          directions=directions)
+        print(f"saved {run_terminal(items, annotator=args.annotator)} judgements; retrain with "
+              f"`ppolab retrain --run {run_path}`")
+        return 0
+    from .feedback import serve
+
+    try:
+        serve(store, host=args.host, port=args.port, allowed_hosts=args.allow_host or (), **model)
+    except OSError as e:
+        reason = "port already in use; pick another with --port" if e.errno == errno.EADDRINUSE else e.strerror
+        raise UserError(f"cannot listen on {args.host} port {args.port}: {reason}") from None
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    """Human round n: judgements -> human reward model -> final PPO; then the report."""
+    from .pipeline import write_report
+    from .pipeline.human import retrain, run_config
+    from .pipeline.run import Run
+
+    run_path = _run_dir(args.run)
+    cfg = run_config(run_path, args.preset, args.set or [])
+    torch_threads(cfg)
+    run = Run(run_path, cfg)
+    result = retrain(run, cfg)
+    try:
+        write_report(run)
+        print(f"report: {run / 'report.md'}")
+    finally:
+        run.close()
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "history"} if isinstance(v, dict) else v
+                      for k, v in result.items()}, indent=2, default=str))
+    return 0
+
+
+def torch_threads(cfg: dict) -> None:
+    import torch
+
+    torch.set_num_threads(int(cfg.get("threads") or 1))
+
+
+def _add_human_commands(sub, fsub) -> None:
+    for action in HUMAN_ACTIONS:
+        q = fsub.add_parser(action, help={"add": "queue sources for candidates from the run's newest policy",
+                                          "serve": "the annotation web page (queued and typed sentences)",
+                                          "annotate": "annotate in the terminal (queued and typed sentences)"}[action])
+        q.add_argument("--run", required=True)
+        q.add_argument("--preset", default="cpu-test", help="settings a run.json of another version lacks")
+        q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one of the run's settings")
+        if action == "add":
+            g = q.add_mutually_exclusive_group(required=True)
+            g.add_argument("--file", help="sources, one sentence a line")
+            g.add_argument("--text", help="one source sentence")
+            q.add_argument("--direction", help="the pair, e.g. eng->arb (default: the run's first)")
+        if action == "serve":
+            q.add_argument("--host", default="127.0.0.1")
+            q.add_argument("--port", type=int, default=8000)
+            q.add_argument("--allow-host", action="append", metavar="NAME",
+                           help="another name browsers use for this server (the Host header), e.g. the "
+                                "machine's name with --host 0.0.0.0; others get 421 (DNS rebinding)")
+        if action == "annotate":
+            q.add_argument("--annotator")
+    p = sub.add_parser("retrain", help="judgements so far -> human reward model -> final PPO (a new round each call)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--preset", default="cpu-test", help="settings a run.json of another version lacks")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one of the run's settings")
+    p.set_defaults(fn=cmd_retrain)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -421,7 +421,7 @@ def test_missing_content_length_is_refused(server, store):
 def test_candidate_source_generates_items_on_demand(store):
     calls = []
 
-    def source(text):
+    def source(text, direction):
         calls.append(text)
         if text == "empty":
             return []  # no usable candidate: the source is dropped, not retried forever
@@ -453,7 +453,7 @@ def test_candidate_source_generates_items_on_demand(store):
 
 
 def test_failing_candidate_source_is_500_and_source_kept(store):
-    def broken(text):
+    def broken(text, direction):
         raise RuntimeError("model not loaded")
 
     srv = make_server(store, candidate_source=broken, sources=[("one", "en-ar")])
@@ -664,3 +664,112 @@ def test_a_busy_port_is_one_clear_error(tmp_path, capsys):
         busy.close()
     err = capsys.readouterr().err
     assert err == f"error: cannot listen on 127.0.0.1 port {port}: port already in use; pick another with --port\n"
+
+
+# -- the queue (`ppolab feedback add`) and typed sentences -----------------------------------------
+
+
+def fake_model(calls=None):
+    def source(text, direction):
+        if calls is not None:
+            calls.append((text, direction))
+        return [Candidate(f"{text} [{direction}] {k}", 1.0 - k / 10) for k in range(4)]
+    return source
+
+
+def test_queued_sources_outlive_the_process_and_become_items_once(tmp_path):
+    path = tmp_path / "fb.sqlite"
+    FeedbackStore(path).queue_sources([("one", "eng->arb"), ("two", "eng->fra")])
+    store = FeedbackStore(path)  # a new process: the queue is in the file
+    assert store.queued() == 2 and store.stats()["queued"] == 2
+    calls = []
+    srv = make_server(store, candidate_source=fake_model(calls), model_version="ppo_model_coldstart")
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        status, item = call(srv, "GET", "/api/next?annotator=amina")
+        assert status == 200 and item["source"] == "one" and item["model_version"] == "ppo_model_coldstart"
+        assert calls == [("one", "eng->arb")] and store.queued() == 1
+        assert call(srv, "GET", "/api/next?annotator=omar")[1]["source"] == "one"  # no second item for it
+        call(srv, "POST", "/api/submit", {"item_id": item["item_id"], "annotator": "amina", "ranking": [1, 0, 2],
+                                          "submission_id": "s1"})
+        item = call(srv, "GET", "/api/next?annotator=amina")[1]
+        assert item["source"] == "two" and item["direction"] == "eng->fra" and store.queued() == 0
+        assert len(calls) == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_queued_source_without_usable_candidates_is_dropped_not_retried(store):
+    store.queue_sources([("x", "eng->arb")])
+    srv = make_server(store, candidate_source=lambda text, direction: [])
+    try:
+        assert srv.next_item("amina") is None and store.queued() == 0
+    finally:
+        srv.server_close()
+
+
+def test_a_failing_model_leaves_the_source_queued(store):
+    store.queue_sources([("x", "eng->arb")])
+
+    def broken(text, direction):
+        raise RuntimeError("model not loaded")
+
+    srv = make_server(store, candidate_source=broken)
+    try:
+        with pytest.raises(RuntimeError):
+            srv.next_item("amina")
+        assert store.queued() == 1
+    finally:
+        srv.server_close()
+
+
+def test_queue_sources_is_all_or_nothing(store):
+    with pytest.raises(FeedbackError, match="source 1 must not be empty"):
+        store.queue_sources([("fine", "eng->arb"), ("  ", "eng->arb")])
+    assert store.queued() == 0
+
+
+def test_compose_translates_a_typed_sentence_at_once(store):
+    calls = []
+    srv = make_server(store, candidate_source=fake_model(calls), model_version="v2",
+                      directions=["eng->arb", "fra->arb"])
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        assert call(srv, "GET", "/api/config")[1] == {"compose": True, "directions": ["eng->arb", "fra->arb"]}
+        status, item = call(srv, "POST", "/api/compose", {"source": "  Bonjour.  ", "direction": "fra->arb"})
+        assert status == 200 and item["source"] == "Bonjour." and item["direction"] == "fra->arb"
+        assert [c["score"] for c in item["candidates"]] == [1.0, 0.9, 0.8]  # top `shown`, best first
+        assert calls == [("Bonjour.", "fra->arb")]
+        assert call(srv, "POST", "/api/compose", {"source": "Hi."})[1]["direction"] == "eng->arb"  # the default
+        for body, message in (({"source": " "}, "type a sentence"), ({"source": "Hi.", "direction": "deu->eng"},
+                                                                       "expected one of eng->arb, fra->arb"),
+                              ({"text": "Hi."}, "body must be")):
+            status, err = call(srv, "POST", "/api/compose", body)
+            assert status == 400 and message in err["error"]
+        assert store.stats()["items"] == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_compose_without_a_model_says_how_to_get_one(server):
+    assert call(server, "GET", "/api/config")[1] == {"compose": False, "directions": []}
+    status, err = call(server, "POST", "/api/compose", {"source": "Hi."})
+    assert status == 400 and "ppolab feedback serve --run DIR" in err["error"]
+
+
+def test_terminal_types_a_sentence_of_ones_own(store):
+    from ppolab.feedback.items import ItemMaker
+
+    store.add_items(make_items(1))
+    out = []
+    answers = iter(["amina", "t", "My own sentence.", "2 1 3", "", "1 2 3", "", "", ])
+    n = run_terminal(ItemMaker(store, fake_model(), "v2", directions=["eng->arb"]),
+                     input=lambda prompt: next(answers), output=out.append)
+    assert n == 2
+    recs = store.records()
+    assert [r["source"] for r in recs] == ["My own sentence.", store.get_item(1).source]
+    assert recs[0]["ranking"] == [1, 0, 2] and recs[0]["model_version"] == "v2"

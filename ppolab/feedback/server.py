@@ -7,6 +7,9 @@ Routes:
 * ``POST /api/submit``                   JSON ``{item_id, annotator, ranking,
   custom_translation?, submission_id}`` -> ``{ok, duplicate, feedback_id}``
 * ``GET /api/stats``                     counts from ``FeedbackStore.stats()``
+* ``GET /api/config``                    ``{compose, directions}``: whether a typed sentence can be translated
+* ``POST /api/compose``                  JSON ``{source, direction?}`` -> a new item for that sentence,
+  its candidates made by the model at once (the box "a sentence of your own" on the page)
 
 Every error is a 4xx/5xx JSON ``{"error": message}`` and changes nothing.
 The server binds to 127.0.0.1 by default: it has no authentication, so it
@@ -17,17 +20,16 @@ on another site whose name resolves to 127.0.0.1 (DNS rebinding) gets 421 and
 reads nothing. A client that stalls for
 ``client_timeout`` seconds is disconnected, so it cannot hold a thread forever.
 
-Items normally come pre-filled by the pipeline. Optionally, with a
-``candidate_source`` and a list of ``sources``, the server generates a new
-item (one model call) whenever an annotator has nothing left to do.
+Items normally come pre-filled by the pipeline. With a ``candidate_source``, the
+server also turns waiting sources (``sources``, and the store's queue that
+``ppolab feedback add`` fills) into items, one model call each, whenever an
+annotator has nothing left to do; see `ppolab.feedback.items.ItemMaker`.
 """
 from __future__ import annotations
 
-import collections
 import json
 import socket
 import sys
-import threading
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import parse_qs, urlsplit
 
+from ppolab.feedback.items import ItemMaker
 from ppolab.feedback.store import CandidateSource, FeedbackError, FeedbackItem, FeedbackStore, check_item_id
 from ppolab.localhttp import host_allowed, send, serve_until_interrupt, split_host_header
 
@@ -62,15 +65,6 @@ class _HttpError(Exception):
         self.status = status
 
 
-def _normalize_source(src: Any) -> dict[str, Any]:
-    if isinstance(src, dict) and isinstance(src.get("source"), str) and src.get("direction"):
-        return {k: src[k] for k in ("source", "direction", "reference") if k in src}
-    if isinstance(src, (tuple, list)) and len(src) == 2 and all(isinstance(x, str) for x in src):
-        return {"source": src[0], "direction": src[1]}
-    raise ValueError("each source must be (text, direction) or a dict with 'source' and "
-                     f"'direction' (and optional 'reference'), got {src!r}")
-
-
 def _item_json(item: FeedbackItem) -> dict[str, Any]:
     # The reference translation is deliberately not sent: it would bias the annotator.
     return {"item_id": item.id, "source": item.source, "direction": item.direction,
@@ -86,7 +80,7 @@ class FeedbackServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], store: FeedbackStore,
                  candidate_source: CandidateSource | None = None, model_version: str = "",
-                 sources: Iterable[Any] = (), quiet: bool = True, *,
+                 sources: Iterable[Any] = (), quiet: bool = True, *, directions: Iterable[str] = (),
                  allowed_hosts: Iterable[str] = (), client_timeout: float = CLIENT_TIMEOUT_S) -> None:
         host = address[0].strip("[]")
         address = (host, *address[1:])
@@ -99,12 +93,7 @@ class FeedbackServer(ThreadingHTTPServer):
         self.model_version = model_version
         self.quiet = quiet
         self.page = PAGE_PATH.read_bytes()
-        self._pending = collections.deque(_normalize_source(s) for s in sources)
-        if self._pending and candidate_source is None:
-            raise ValueError("sources to generate items from need a candidate_source")
-        # Generation is serialized: models are rarely thread-safe, and two
-        # threads must not turn the same source into two items.
-        self._generate_lock = threading.Lock()
+        self.items = ItemMaker(store, candidate_source, model_version, sources, directions, log=self.log)
         super().__init__(address, _Handler)
 
     @property
@@ -116,32 +105,10 @@ class FeedbackServer(ThreadingHTTPServer):
 
     @property
     def pending_sources(self) -> int:
-        return len(self._pending)
+        return self.items.pending
 
     def next_item(self, annotator: str, exclude: Iterable[int] = ()) -> FeedbackItem | None:
-        exclude = list(exclude)
-        item = self.store.next_item(annotator, exclude)
-        if item is not None or self.candidate_source is None:
-            return item
-        with self._generate_lock:
-            while True:
-                # Re-check under the lock: another request may have just
-                # generated an item this annotator can take.
-                item = self.store.next_item(annotator, exclude)
-                if item is not None or not self._pending:
-                    return item
-                src = self._pending.popleft()
-                try:
-                    candidates = list(self.candidate_source(src["source"]))
-                except Exception:
-                    self._pending.appendleft(src)  # keep it for a later retry
-                    raise
-                try:
-                    self.store.add_items([{**src, "candidates": candidates,
-                                           "model_version": self.model_version}])
-                except FeedbackError as e:
-                    # e.g. no usable candidate: retrying would fail the same way.
-                    self.log(f"dropping source {src['source']!r}: {e}")
+        return self.items.next_item(annotator, exclude)
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -297,6 +264,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.OK, {"ok": True, "duplicate": result.duplicate,
                                    "feedback_id": result.feedback_id})
 
+    def _config(self, url: Any) -> None:
+        items = self.server.items
+        self._json(HTTPStatus.OK, {"compose": items.candidate_source is not None, "directions": items.directions})
+
+    def _compose(self, url: Any) -> None:
+        body = self._read_json_body()
+        if not isinstance(body, dict) or not set(body) <= {"source", "direction", "annotator"}:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "body must be {\"source\": TEXT, \"direction\"?: \"eng->arb\"}")
+        self._json(HTTPStatus.OK, _item_json(self.server.items.compose(body.get("source"), body.get("direction"))))
+
     def _stats(self, url: Any) -> None:
         stats = self.server.store.stats()
         stats["pending_sources"] = self.server.pending_sources
@@ -305,8 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 _ROUTES = {
     "GET": {"/": _Handler._page, "/index.html": _Handler._page,
-            "/api/next": _Handler._next, "/api/stats": _Handler._stats},
-    "POST": {"/api/submit": _Handler._submit},
+            "/api/next": _Handler._next, "/api/stats": _Handler._stats, "/api/config": _Handler._config},
+    "POST": {"/api/submit": _Handler._submit, "/api/compose": _Handler._compose},
 }
 
 
@@ -317,7 +294,7 @@ def _as_store(store: FeedbackStore | str | Path) -> FeedbackStore:
 def make_server(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port: int = 0,
                 candidate_source: CandidateSource | None = None, model_version: str = "",
                 *, sources: Iterable[Any] = (), quiet: bool = True, allowed_hosts: Iterable[str] = (),
-                client_timeout: float = CLIENT_TIMEOUT_S) -> FeedbackServer:
+                client_timeout: float = CLIENT_TIMEOUT_S, directions: Iterable[str] = ()) -> FeedbackServer:
     """Create (not start) the server; ``port=0`` picks a free port (see ``.url``).
 
     Run it with ``server.serve_forever()`` (e.g. in a thread) and stop it with
@@ -328,15 +305,16 @@ def make_server(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port
     may carry (e.g. this machine's name when listening on 0.0.0.0).
     """
     return FeedbackServer((host, port), _as_store(store), candidate_source=candidate_source,
-                          model_version=model_version, sources=sources, quiet=quiet,
+                          model_version=model_version, sources=sources, quiet=quiet, directions=directions,
                           allowed_hosts=allowed_hosts, client_timeout=client_timeout)
 
 
 def serve(store: FeedbackStore | str | Path, host: str = "127.0.0.1", port: int = 8000,
           candidate_source: CandidateSource | None = None, model_version: str = "",
-          *, sources: Iterable[Any] = (), quiet: bool = False, allowed_hosts: Iterable[str] = ()) -> None:
+          *, sources: Iterable[Any] = (), quiet: bool = False, allowed_hosts: Iterable[str] = (),
+          directions: Iterable[str] = ()) -> None:
     """Serve the annotation page until Ctrl-C."""
     server = make_server(store, host, port, candidate_source, model_version,
-                         sources=sources, quiet=quiet, allowed_hosts=allowed_hosts)
+                         sources=sources, quiet=quiet, allowed_hosts=allowed_hosts, directions=directions)
     serve_until_interrupt(server, f"Annotation server on {server.url} (store: {server.store.path})",
                           "read items and submit feedback")

@@ -37,7 +37,7 @@ __all__ = [
 EXPORT_FILENAME = "human_preferences.jsonl"
 MAX_ANNOTATOR_LEN = 100
 MAX_SUBMISSION_ID_LEN = 200
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the queue of sources waiting for candidates (`ppolab feedback add`)
 
 
 class Candidate(NamedTuple):
@@ -47,8 +47,9 @@ class Candidate(NamedTuple):
     score: float
 
 
-# A pluggable generator of candidates: source text -> candidates, best first.
-CandidateSource = Callable[[str], Sequence[Candidate]]
+# A pluggable generator of candidates: (source text, direction such as "eng->arb") -> candidates,
+# best first.
+CandidateSource = Callable[[str, str], Sequence[Candidate]]
 
 
 class FeedbackError(ValueError):
@@ -105,6 +106,14 @@ CREATE TABLE IF NOT EXISTS feedback (
     UNIQUE (item_id, annotator)                 -- one judgement per annotator per item
 );
 CREATE INDEX IF NOT EXISTS feedback_by_annotator ON feedback(annotator, item_id);
+CREATE TABLE IF NOT EXISTS queue (            -- sources waiting for a model to make their candidates
+    id        INTEGER PRIMARY KEY,
+    source    TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    added     TEXT NOT NULL,
+    item_id   INTEGER REFERENCES items(id),   -- set when its candidates became an item
+    dropped   TEXT                            -- set when no usable candidate came out (the reason)
+);
 """
 
 
@@ -244,8 +253,8 @@ class FeedbackStore:
 
         Each item is a dict with ``source``, ``direction`` (e.g. "en-ar"),
         ``candidates`` (``Candidate``/``(text, score)``/``{"text","score"}``,
-        best first as ranked by the reward model), and optional ``reference``
-        and ``model_version``. Candidates with identical text are merged
+        best first as ranked by the reward model), and optional ``reference``,
+        ``model_version`` and ``queue_id`` (the queued source it answers). Candidates with identical text are merged
         (first kept) so an annotator never ranks a text against itself.
         """
         rows = []
@@ -274,17 +283,51 @@ class FeedbackStore:
                     candidates.append(cand)
             if not candidates:
                 raise FeedbackError(f"{where}: needs at least one candidate")
-            rows.append((source, direction, reference,
-                         json.dumps([c._asdict() for c in candidates], ensure_ascii=False),
-                         model_version, _now()))
+            queue_id = item.get("queue_id")
+            if queue_id is not None:
+                check_item_id(queue_id, f"{where}: queue_id")
+            rows.append(((source, direction, reference,
+                          json.dumps([c._asdict() for c in candidates], ensure_ascii=False),
+                          model_version, _now()), queue_id))
         ids = []
         with self._write() as conn:
-            for row in rows:
+            for row, queue_id in rows:
                 cur = conn.execute(
                     "INSERT INTO items (source, direction, reference, candidates,"
                     " model_version, created) VALUES (?, ?, ?, ?, ?, ?)", row)
                 ids.append(cur.lastrowid)
+                if queue_id is not None:  # the same transaction: a queued source becomes one item, once
+                    conn.execute("UPDATE queue SET item_id = ? WHERE id = ?", (cur.lastrowid, queue_id))
         return ids
+
+    # -- the queue of sources (`ppolab feedback add`) -------------------------------------
+
+    def queue_sources(self, sources: Iterable[tuple[str, str]]) -> list[int]:
+        """Queue `(source, direction)` pairs for candidates from the current model; return their
+        queue ids. All-or-nothing: one bad source queues none."""
+        rows = []
+        for n, (source, direction) in enumerate(sources):
+            rows.append((_clean_text(source, f"source {n}"), _clean_text(direction, f"source {n}: direction"), _now()))
+        with self._write() as conn:
+            return [conn.execute("INSERT INTO queue (source, direction, added) VALUES (?, ?, ?)", row).lastrowid
+                    for row in rows]
+
+    def queued(self) -> int:
+        """How many queued sources wait for their candidates."""
+        with self._connect() as conn:
+            return conn.execute("SELECT COUNT(*) FROM queue WHERE item_id IS NULL AND dropped IS NULL").fetchone()[0]
+
+    def next_queued(self) -> dict[str, Any] | None:
+        """The oldest waiting source as `{"queue_id", "source", "direction"}`, or None."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT id, source, direction FROM queue WHERE item_id IS NULL AND dropped IS NULL"
+                               " ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else {"queue_id": row["id"], "source": row["source"], "direction": row["direction"]}
+
+    def drop_queued(self, queue_id: int, reason: str) -> None:
+        """Mark a queued source as done without an item (its candidates were unusable)."""
+        with self._write() as conn:
+            conn.execute("UPDATE queue SET dropped = ? WHERE id = ?", (reason, check_item_id(queue_id, "queue_id")))
 
     def _item_from_row(self, row: sqlite3.Row) -> FeedbackItem:
         candidates = tuple(Candidate(c["text"], c["score"])
@@ -445,5 +488,7 @@ class FeedbackStore:
             per_annotator = dict(conn.execute(
                 "SELECT annotator, COUNT(*) FROM feedback GROUP BY annotator ORDER BY annotator"
             ).fetchall())
+            n_queued = conn.execute(
+                "SELECT COUNT(*) FROM queue WHERE item_id IS NULL AND dropped IS NULL").fetchone()[0]
         return {"items": n_items, "feedback": n_feedback, "custom_translations": n_custom,
-                "items_unannotated": n_unannotated, "annotators": per_annotator}
+                "items_unannotated": n_unannotated, "queued": n_queued, "annotators": per_annotator}

@@ -2,7 +2,10 @@
 
 For each item the annotator sees the source and the numbered candidates, then
 types a ranking best-first (``2 1 3``, ``2,1,3`` or ``213``), ``s`` to skip or
-``q`` to quit, and may then type a better translation (Enter for none).
+``q`` to quit, and may then type a better translation (Enter for none). With a model
+behind it (an `ItemMaker` with a candidate source, ``ppolab feedback annotate``), queued
+sources become items as they come up, and ``t`` lets the annotator type a sentence of
+their own and rank the model's candidates for it at once.
 ``input``/``output`` are injectable so the flow can be scripted in tests.
 """
 from __future__ import annotations
@@ -11,6 +14,7 @@ import re
 import uuid
 from typing import Callable
 
+from ppolab.feedback.items import ItemMaker
 from ppolab.feedback.store import FeedbackError, FeedbackItem, FeedbackStore
 
 __all__ = ["run_terminal", "parse_ranking"]
@@ -40,27 +44,43 @@ def _show(item: FeedbackItem, output: Callable[[str], object]) -> None:
         output(f"  {k}. {cand.text}    (score {cand.score:.3f})")
 
 
-def run_terminal(store: FeedbackStore, annotator: str | None = None,
+def _compose(items: ItemMaker, text: str, output: Callable[[str], object]) -> FeedbackItem | None:
+    try:
+        return items.compose(text)
+    except FeedbackError as e:
+        output(f"  ! {e}")
+        return None
+
+
+def run_terminal(store: FeedbackStore | ItemMaker, annotator: str | None = None,
                  input: Callable[[str], str] = input,  # noqa: A002 (injectable builtin)
                  output: Callable[[str], object] = print) -> int:
     """Annotate until no item is left, ``q``, or end of input; return how many were saved."""
+    items = store if isinstance(store, ItemMaker) else ItemMaker(store)
+    store = items.store
+    own = " t = type your own sentence," if items.candidate_source is not None else ""
     saved = 0
     try:
         while not (annotator or "").strip():
             annotator = input("Your name: ")
         annotator = annotator.strip()
         skipped: list[int] = []
+        typed: FeedbackItem | None = None
         while True:
-            item = store.next_item(annotator, exclude=skipped)
+            item, typed = typed or items.next_item(annotator, exclude=skipped), None
             if item is None:
-                output(f"No more items for {annotator}. Saved {saved} this session.")
-                return saved
+                text = input("No more items. Type a sentence of your own (Enter to stop): ").strip() if own else ""
+                if not text:
+                    output(f"No more items for {annotator}. Saved {saved} this session.")
+                    return saved
+                typed = _compose(items, text, output)
+                continue
             _show(item, output)
             n = len(item.candidates)
             while True:
                 answer = input(f"Ranking best first (e.g. {' '.join(map(str, range(1, n + 1)))}),"
-                               " s = skip, q = quit: ").strip().lower()
-                if answer in ("q", "s"):
+                               f" s = skip,{own} q = quit: ").strip().lower()
+                if answer in ("q", "s") or (own and answer == "t"):
                     break
                 try:
                     ranking = parse_ranking(answer, n)
@@ -72,6 +92,10 @@ def run_terminal(store: FeedbackStore, annotator: str | None = None,
                 return saved
             if answer == "s":
                 skipped.append(item.id)
+                continue
+            if answer == "t":  # the item stays unanswered: it comes back after the typed one
+                text = input("Your sentence: ").strip()
+                typed = _compose(items, text, output) if text else None
                 continue
             custom = input("Better translation (Enter for none): ")
             try:

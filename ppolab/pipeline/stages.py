@@ -463,10 +463,9 @@ def stage_ppo(run: Run, cfg: dict, stage: str, policy_dir: Path, reward_dir: Pat
 def _candidates(policy, tok, reward: RewardModel, examples, n: int, max_new_tokens: int):
     """For each example: n sampled translations, deduplicated, ranked by the reward model."""
     out = []
-    for direction, (src, tgt) in LANGS.items():
+    for direction in dict.fromkeys(ex.direction for ex in examples):  # any pair, in order of appearance
+        src, tgt = direction.split("->")
         chunk = [ex for ex in examples if ex.direction == direction]
-        if not chunk:
-            continue
         samples = translate(policy, tok, [ex.source for ex in chunk], src, tgt, do_sample=True,
                             num_return_sequences=n, max_new_tokens=max_new_tokens)
         for ex, cands in zip(chunk, samples):
@@ -542,32 +541,53 @@ def stage_feedback(run: Run, cfg: dict) -> dict:
     return result
 
 
-def stage_reward_model_human(run: Run, cfg: dict) -> dict:
+def _human_pairs(run: Run) -> list[dict]:
+    """The judgements as pairs: rankings and better translations (human_preferences.jsonl, exported
+    from the store) and 1-5 ratings (rating_preferences.jsonl, from `ppolab feedback import`)."""
+    out = []
+    for name in ("human_preferences.jsonl", "rating_preferences.jsonl"):
+        path = run / name
+        if path.exists():
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if line.strip():
+                    p = json.loads(line)
+                    if not isinstance(p.get("direction"), str) or "->" not in p["direction"]:
+                        raise UserError(f"{path}:{n}: direction {p.get('direction')!r}: expected a pair such as "
+                                        "eng->arb (`ppolab feedback import --direction`)")
+                    out.append(p)
+    return out
+
+
+def stage_reward_model_human(run: Run, cfg: dict, stage: str = "reward_model_human", out: Path | None = None) -> dict:
+    """The human reward model, continuing from the cold-start one, on every judgement so far."""
     from ..synthetic import load_preferences
 
     h = cfg["reward_model_human"]
-    human = [json.loads(line) for line in open(run / "human_preferences.jsonl", encoding="utf-8") if line.strip()]
+    human = _human_pairs(run)
     if not human:
         raise RuntimeError(f"{run / 'human_preferences.jsonl'}: no human pairs to train on")
     tok_model = _load_reward(run / "reward_model_coldstart", _model_config(cfg))
     tok = tok_model.tokenizer
 
     def to_pair(p):
-        src, tgt = LANGS[p["direction"]]
+        src, tgt = p["direction"].split("->")
         return {"prompt": build_prompt(p["source"], src, tgt, tok),
                 "chosen": as_response(p["chosen"]), "rejected": as_response(p["rejected"])}
 
-    val = [to_pair(p) for p in human if _bucket(str(p["item_id"]), h["val_fraction"])]
-    train = [to_pair(p) for p in human if not _bucket(str(p["item_id"]), h["val_fraction"])]
+    # Split by item (a rating's id, else its source): one judgement's pairs stay on one side.
+    key = lambda p: str(p["item_id"] if p.get("item_id") is not None else p["source"])  # noqa: E731
+    val = [to_pair(p) for p in human if _bucket(key(p), h["val_fraction"])]
+    train = [to_pair(p) for p in human if not _bucket(key(p), h["val_fraction"])]
+    n_human_train = len(train)
     # A little synthetic data in the mix keeps the model from forgetting what it learned there.
     synth = [_rm_pair(p) for p in load_preferences(run / "synthetic_preferences.jsonl")
              if not _bucket(p["source"], cfg["reward_model"]["val_fraction"])]
     random.Random(cfg["seed"]).shuffle(synth)
     train += synth[: h.get("mix_synthetic", 0)]
-    result = _train_rm(run, cfg, "reward_model_human", tok_model, train, val, {**cfg["reward_model"], **h},
-                       run / "reward_model_human")
-    result["pairs"] = len(human)
-    run.log("reward_model_human", {"event": "done", **{k: v for k, v in result.items() if k != "history"}})
+    result = _train_rm(run, cfg, stage, tok_model, train, val, {**cfg["reward_model"], **h},
+                       out or run / "reward_model_human")
+    result.update(pairs=len(human), human_train_pairs=n_human_train, human_val_pairs=len(val))
+    run.log(stage, {"event": "done", **{k: v for k, v in result.items() if k != "history"}})
     return result
 
 
