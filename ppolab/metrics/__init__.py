@@ -8,6 +8,7 @@ from .combined import DEFAULT_WEIGHTS, CombinedMetric
 from .comet import CometScorer, CometUnavailable
 from .embedding import EmbeddingSimilarity
 from .sacre import bleu, chrf, chrf_pp, sentence_bleu, sentence_chrf, sentence_chrf_pp
+from .significance import paired_bootstrap
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -18,6 +19,7 @@ __all__ = [
     "bleu",
     "chrf",
     "chrf_pp",
+    "paired_bootstrap",
     "sentence_bleu",
     "sentence_chrf",
     "sentence_chrf_pp",
