@@ -53,9 +53,13 @@ def _compose(items: ItemMaker, text: str, output: Callable[[str], object]) -> Fe
 
 
 def run_terminal(store: FeedbackStore | ItemMaker, annotator: str | None = None,
-                 input: Callable[[str], str] = input,  # noqa: A002 (injectable builtin)
+                 input: Callable[[str], str] | None = None,  # noqa: A002 (injectable builtin)
                  output: Callable[[str], object] = print) -> int:
-    """Annotate until no item is left, ``q``, or end of input; return how many were saved."""
+    """Annotate until no item is left, ``q``, or end of input; return how many were saved.
+    ``input`` defaults to the builtin, looked up at call time."""
+    import builtins
+
+    input = input or builtins.input  # noqa: A001
     items = store if isinstance(store, ItemMaker) else ItemMaker(store)
     store = items.store
     own = " t = type your own sentence," if items.candidate_source is not None else ""
