@@ -555,6 +555,9 @@ def run_child(cmd: list[str]) -> dict:
         raise SystemExit(f"child failed (exit {proc.returncode}): {' '.join(cmd)}")
     res = json.loads(out.strip().splitlines()[-1])
     res["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
+    # Each run as it ends, so an interrupted --repeats run still reports the rounds it finished.
+    print("run: " + json.dumps({k: v for k, v in res.items() if not isinstance(v, (list, dict))}),
+          file=sys.stderr, flush=True)
     return res
 
 
